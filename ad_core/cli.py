@@ -1,0 +1,174 @@
+"""Core commands of the `iad` CLI that need only ad_core: `iad run`, `iad demo`, `iad methods`.
+
+The `iad` entry point itself lives in `workers.cli`, which adds the job-system commands; this module
+only registers its subcommands on a parser, so that ad_core stays free of app layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from ad_core.data import DATASET_KINDS, DEMO_CATEGORIES, DatasetError, make_demo_dataset
+from ad_core.home import demo_root
+from ad_core.methods.base import ConfigError, available_methods
+from ad_core.runner import RunResult, RunSpec, run
+
+METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` pairs -> dict (values stay strings; the config dataclass coerces and validates)."""
+    overrides = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
+    """Arguments shared by `iad run` and `iad submit` (submit takes several methods and seeds)."""
+    if multi:
+        parser.add_argument("--method", nargs="+", required=True, help=f"one or more of: {', '.join(available_methods())}")
+    else:
+        parser.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
+    parser.add_argument("--dataset", required=True, choices=DATASET_KINDS)
+    parser.add_argument("--root", help="dataset root folder (default for demo: the generated demo dataset)")
+    parser.add_argument("--category", nargs="+", action="extend", help="category/product (repeatable); default: all")
+    parser.add_argument("--backbone", help="timm model name (default: the method's)")
+    parser.add_argument("--weights", help="imagenet | bundled | random (tests only) | PATH to a state_dict")
+    parser.add_argument("--preset", help="config preset, e.g. fast or paper (default: paper defaults)")
+    if multi:
+        parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    else:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override")
+
+
+def resolve_dataset(dataset: str, root: str | None, categories: list[str] | None) -> tuple[str, list[str]]:
+    from ad_core.data import list_categories
+
+    if root is None:
+        if dataset != "demo":
+            raise DatasetError(f"--root is required for --dataset {dataset}")
+        root = str(make_demo_dataset(demo_root()))
+    if not Path(root).expanduser().is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+    return str(Path(root).expanduser()), categories or list_categories(dataset, root)
+
+
+def metrics_table(result: RunResult) -> pd.DataFrame:
+    rows = {cat: {**r.metrics, "fit_s": r.timings["fit_s"], "img/s": r.timings["images_per_s"]}
+            for cat, r in result.categories.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if len(table) > 1:
+        table.loc["mean"] = table.mean(numeric_only=True)
+    return table
+
+
+def tqdm_progress(desc: str) -> tuple[Callable[[float, str], None], tqdm]:
+    bar = tqdm(total=1000, desc=desc, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.refresh()
+
+    return progress, bar
+
+
+def execute(spec: RunSpec, json_path: str | None) -> RunResult:
+    progress, bar = tqdm_progress(f"{spec.method} on {spec.dataset}")
+    try:
+        result = run(spec, progress)
+    finally:
+        bar.close()
+    if result.provenance["random_weights"]:
+        print("WARNING: backbone weights are RANDOM (not pretrained); these numbers are for testing only.")
+    print(f"\n{spec.method} · {spec.dataset} · seed {spec.seed} · weights: {result.provenance['weights_source']}")
+    print(metrics_table(result).to_string(float_format=lambda v: f"{v:.4f}", na_rep="null"))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result.to_json(), indent=2))
+        print(f"wrote {json_path}")
+    return result
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    root, categories = resolve_dataset(args.dataset, args.root, args.category)
+    spec = RunSpec(
+        method=args.method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
+        weights=args.weights, preset=args.preset, seed=args.seed, device=args.device,
+        overrides=parse_overrides(args.overrides),
+    )
+    execute(spec, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    root = make_demo_dataset(demo_root(), progress=None)
+    print(f"demo dataset: {root} (categories: {', '.join(DEMO_CATEGORIES)})")
+    spec = RunSpec(method="patchcore", dataset="demo", root=str(root), categories=list(DEMO_CATEGORIES),
+                   preset="fast", seed=args.seed)
+    json_path = args.json or str(root.parent.parent / "results" / "demo-patchcore.json")
+    execute(spec, json_path)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ad_core.methods import get_method
+
+    for name in available_methods():
+        cls = get_method(name)
+        presets = ", ".join(["paper", *[p for p in cls.Config.PRESETS if p != "paper"]])
+        print(f"{name:12s} presets: {presets}")
+    return 0
+
+
+def add_core_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and evaluate a method on a dataset, here and now")
+    add_run_arguments(p)
+    p.add_argument("--json", help="write metrics, per-image scores and provenance to this JSON file")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate the demo dataset and run PatchCore on it (bundled weights)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="where to write the result JSON")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("methods", help="list the registered methods and their presets")
+    p.set_defaults(func=cmd_methods)
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run; expected user errors print one clear line and exit 2 instead of a traceback."""
+    from ad_core.backbones import WeightsError
+
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iad", description="IAD Workbench core commands")
+    add_core_commands(parser.add_subparsers(dest="command"))
+    return dispatch(parser, argv)

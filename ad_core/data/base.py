@@ -1,0 +1,162 @@
+"""Dataset records, image/mask reading with clear errors, and the torch dataset used by every method."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is not what we expected. The message names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split. `label` is 0 for normal, 1 for anomalous; `defect_type` is "good" for normal."""
+
+    path: str
+    label: int
+    defect_type: str
+    mask_path: str | None = None
+
+
+@dataclass
+class CategorySplit:
+    """Train (normal only) and test samples of one category of one dataset."""
+
+    dataset: str
+    category: str
+    root: str
+    train: list[Sample]
+    test: list[Sample]
+    # False when the category has no ground-truth masks at all: pixel metrics are then reported as null.
+    has_masks: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "train": len(self.train),
+            "test": len(self.test),
+            "test_good": sum(1 for s in self.test if s.label == 0),
+            "test_anomalous": sum(1 for s in self.test if s.label == 1),
+        }
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name (hidden files and non-images ignored)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Read an image as RGB (grayscale becomes 3-channel). Corrupt or truncated files raise DatasetError."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces a full decode so that truncated files fail here, not inside a worker later
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DatasetError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(
+            f"cannot read image {path}: {exc}. The file is corrupt or truncated; replace it or remove it from the split."
+        ) from exc
+
+
+def read_mask(path: str | Path, expected_size: tuple[int, int]) -> Image.Image:
+    """Read a ground-truth mask as a binary 'L' image (0/255) and check it matches its image's size (W, H)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mask = img.convert("L")
+    except FileNotFoundError as exc:
+        raise DatasetError(f"mask file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}. The file is corrupt or truncated.") from exc
+    if mask.size != tuple(expected_size):
+        raise DatasetError(
+            f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {expected_size[0]}x{expected_size[1]}; "
+            "masks must have the same size as their image"
+        )
+    return mask.point(lambda v: 255 if v > 127 else 0)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize (shorter side, or exact square when `resize_square`) then centre crop to `crop`.
+
+    PatchCore's official protocol is Resize(256) + CenterCrop(224). Masks follow the same geometry with
+    nearest-neighbour interpolation so they stay binary (the official code uses bilinear and then keeps
+    only pixels that are exactly 1.0, which shrinks masks slightly; we document and avoid that).
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def eval_size(self) -> int:
+        return self.crop
+
+    def _geometry(self, img: Image.Image, resample: int) -> Image.Image:
+        w, h = img.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
+        img = img.resize((nw, nh), resample=resample)
+        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+        return img.crop((left, top, left + self.crop, top + self.crop))
+
+    def image(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(self._geometry(img, Image.BILINEAR), dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def mask(self, mask: Image.Image) -> torch.Tensor:
+        arr = np.asarray(self._geometry(mask, Image.NEAREST), dtype=np.uint8) > 127
+        return torch.from_numpy(arr.astype(np.float32))[None]
+
+    def unnormalize(self, image: torch.Tensor) -> np.ndarray:
+        """CHW normalised tensor -> HWC uint8 array (for display and artifacts)."""
+        arr = image.detach().cpu().numpy().transpose(1, 2, 0) * np.asarray(self.std) + np.asarray(self.mean)
+        return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples -> dict(image [3,S,S] float, mask [1,S,S] float in {0,1}, label, defect_type, path, index)."""
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess):
+        self.samples = list(samples)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        img = read_image(sample.path)
+        if sample.mask_path is not None:
+            mask = self.preprocess.mask(read_mask(sample.mask_path, img.size))
+        else:
+            if sample.label == 1:
+                warnings.warn(f"anomalous image {sample.path} has no mask; treating it as all-normal pixels", stacklevel=2)
+            size = self.preprocess.eval_size
+            mask = torch.zeros(1, size, size)
+        return {
+            "image": self.preprocess.image(img),
+            "mask": mask,
+            "label": sample.label,
+            "defect_type": sample.defect_type,
+            "path": sample.path,
+            "index": index,
+        }

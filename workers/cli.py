@@ -1,0 +1,281 @@
+"""The `iad` command line: ad_core's commands (run, demo, methods) plus the job-system commands.
+
+Job system: `iad submit` (a matrix of jobs), `iad jobs`, `iad cancel`, `iad worker`, `iad migrate` and
+`iad up` (migrate + local worker + dashboard). The Celery app is imported lazily: `iad run` must not need
+a broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ad_core.cli import add_core_commands, add_run_arguments, dispatch, parse_overrides, resolve_dataset
+
+
+def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+# --- iad submit ------------------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ad_core.runner import RunSpec
+    from db import queries
+    from db.session import init_db
+    from workers.settings import queue_for_device
+
+    # Validate everything before touching the database: a typo must not leave half a matrix queued.
+    root, categories = resolve_dataset(args.dataset, args.root, args.category)
+    overrides = parse_overrides(args.overrides)
+    if any(seed < 0 for seed in args.seeds):
+        from ad_core.methods.base import ConfigError
+
+        raise ConfigError(f"seeds must be >= 0, got {args.seeds}")
+    requests = []
+    for method in dict.fromkeys(args.method):
+        spec = RunSpec(
+            method=method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
+            weights=args.weights, preset=args.preset, seed=args.seeds[0], device=args.device, overrides=overrides,
+        )
+        config = spec.validate().to_dict()  # raises ConfigError/DatasetError naming the problem
+        for category in categories:
+            for seed in dict.fromkeys(args.seeds):
+                requests.append(queries.JobRequest(
+                    method=method, dataset=args.dataset, root=root, categories=[category], config=config,
+                    preset=args.preset, seed=seed, device=args.device, queue=queue_for_device(args.device),
+                ))
+
+    init_db()
+    group_id = args.group or queries.new_group_id()
+    ids = queries.create_jobs(requests, group_id=group_id)
+    from workers.celery_app import enqueue
+
+    try:
+        for job in sorted(queries.list_jobs(job_ids=ids, limit=None), key=lambda j: j.id):
+            enqueue(job)
+    except Exception as exc:
+        # Broker unreachable: do not leave queued jobs that no message will ever start.
+        queries.request_cancel(ids)
+        print(f"error: could not send the jobs to the broker ({type(exc).__name__}: {exc}); "
+              f"jobs {ids[0]}..{ids[-1]} were cancelled", file=sys.stderr)
+        return 1
+    print(f"submitted {len(ids)} job(s) in group {group_id} "
+          f"({len(args.method)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
+          f"x {len(args.seeds)} seed(s))")
+    print(" ".join(str(i) for i in ids))
+    return 0
+
+
+# --- iad jobs / cancel -------------------------------------------------------------------------------------
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from db import queries
+    from db.session import init_db
+    from workers.celery_app import expire_stale_jobs
+
+    init_db()
+    expire_stale_jobs()
+    jobs = queries.list_jobs(status=args.status, group_id=args.group, limit=args.limit)
+    if not jobs:
+        print("no jobs")
+        return 0
+    rows = [
+        {
+            "id": j.id, "method": j.method + (f"/{j.preset}" if j.preset else ""), "dataset": j.dataset.kind,
+            "category": ",".join(j.categories), "seed": j.seed, "status": j.status, "progress": f"{100 * j.progress:.0f}%",
+            "message": (j.message or "").replace("\n", " ")[:50], "worker": j.worker_host or "-",
+            "elapsed": _elapsed(j.elapsed_s),
+        }
+        for j in jobs
+    ]
+    _print_table(rows, list(rows[0]))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from db.session import init_db
+    from workers.celery_app import cancel_jobs
+
+    init_db()
+    outcome = cancel_jobs(args.ids)
+    for job_id, result in outcome.items():
+        print(f"{job_id}: {result}")
+    return 0 if all(r != "not found" for r in outcome.values()) else 1
+
+
+# --- iad migrate / worker / up ----------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from db.session import current_revision, database_url, init_db
+    from workers.settings import redact
+
+    init_db()
+    print(f"database {redact(database_url())} is at revision {current_revision()}")
+    return 0
+
+
+def worker_argv(queues: list[str], concurrency: int, loglevel: str) -> list[str]:
+    from workers.settings import is_embedded_broker, queue_name
+
+    argv = ["worker", "-Q", ",".join(queue_name(q) for q in queues), f"--loglevel={loglevel}",
+            f"--hostname=iad-{os.getpid()}@%h"]
+    # One job at a time runs in the worker process itself; more use prefork children.
+    argv += ["--pool=solo" if concurrency == 1 else "--pool=prefork", f"--concurrency={concurrency}"]
+    if is_embedded_broker():
+        # No fanout on the SQLite broker: mingle/gossip would only wait for replies that never come.
+        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    return argv
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from db.session import database_url, init_db
+    from workers.settings import broker_url, ensure_broker_dir, redact
+
+    queues = args.queue or ["cpu"]
+    if "gpu" in queues and args.concurrency > 1:
+        print("warning: one job per GPU is the rule; run one `iad worker --queue gpu` per GPU with "
+              "CUDA_VISIBLE_DEVICES=<index> instead of --concurrency > 1", file=sys.stderr)
+    init_db()
+    ensure_broker_dir()
+    from workers.celery_app import app, expire_stale_jobs
+
+    expire_stale_jobs()
+    print(f"iad worker: queues {','.join(queues)}, database {redact(database_url())}, broker {redact(broker_url())}",
+          flush=True)
+    app.worker_main(worker_argv(queues, args.concurrency, args.loglevel))
+    return 0
+
+
+def dashboard_app() -> Path | None:
+    path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    return path if path.is_file() else None
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (Celery: warm shutdown, finishes the running job), then SIGKILL after `timeout`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import torch
+
+    from db.session import database_url, init_db
+    from workers.settings import redact
+
+    init_db()
+    print(f"iad up: database {redact(database_url())}", flush=True)
+    queues = ["cpu", "gpu"] if torch.cuda.is_available() else ["cpu"]
+    worker_cmd = [sys.executable, "-m", "workers.cli", "worker", "--queue", *queues]
+    # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
+    procs = [subprocess.Popen(worker_cmd, start_new_session=True)]
+    app_path = dashboard_app()
+    if app_path is not None:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.headless", "true",
+             "--server.port", str(args.port), "--browser.gatherUsageStats", "false"],
+            start_new_session=True,
+        ))
+        print(f"iad up: dashboard on http://localhost:{args.port}", flush=True)
+    else:
+        print("iad up: no dashboard/app.py found; running the worker only", flush=True)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    code = 0
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        code = next(p.returncode for p in procs if p.poll() is not None) or 0
+        print(f"iad up: a child exited with code {code}; stopping the others", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("iad up: stopping", file=sys.stderr, flush=True)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc, args.stop_timeout)
+    return code
+
+
+# --- parser ---------------------------------------------------------------------------------------------------
+
+
+def add_job_commands(sub: argparse._SubParsersAction) -> None:
+    from db.models import JOB_STATUSES
+    from workers.settings import QUEUES
+
+    p = sub.add_parser("submit", help="queue a matrix of jobs: one per method x category x seed")
+    add_run_arguments(p, multi=True)
+    p.add_argument("--group", help="group/sweep id shared by these jobs (default: a new one)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs (newest first)")
+    p.add_argument("--status", choices=JOB_STATUSES)
+    p.add_argument("--group", help="only this group/sweep")
+    p.add_argument("--limit", type=int, default=30)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("cancel", help="cancel queued or running jobs")
+    p.add_argument("ids", nargs="+", type=int)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("worker", help="run a job worker (one per GPU: --queue gpu --concurrency 1)")
+    p.add_argument("--queue", nargs="+", action="extend", choices=QUEUES, help="queue(s) to consume (default: cpu)")
+    p.add_argument("--concurrency", type=int, default=1, help="parallel jobs (1: in-process, solo pool)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="create/upgrade the results database to the latest schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("up", help="migrate, start a local worker and the dashboard; Ctrl-C stops both")
+    p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--stop-timeout", type=float, default=10.0,
+                   help="seconds to let a running job finish on Ctrl-C before the worker is killed")
+    p.set_defaults(func=cmd_up)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iad", description="IAD Workbench: benchmark industrial visual anomaly detection methods"
+    )
+    sub = parser.add_subparsers(dest="command")
+    add_core_commands(sub)
+    add_job_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

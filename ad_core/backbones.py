@@ -21,6 +21,7 @@ import timm
 import torch
 
 RANDOM_WEIGHTS_LABEL = "random (NOT pretrained)"
+RANDOM_WEIGHTS_SEED = 0
 BUNDLED_MODEL = "tf_efficientnet_lite0"
 
 
@@ -128,7 +129,11 @@ def create_feature_extractor(
             ) from exc
         source = f"timm:{name}:imagenet"
     elif weights == "random":
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        # A fixed seed, independent of the global RNG: a saved model that used random weights rebuilds
+        # the very same backbone on load, in any process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = timm.create_model(name, pretrained=False, **kwargs)
         source = RANDOM_WEIGHTS_LABEL
     else:
         full = timm.create_model(name, pretrained=False)

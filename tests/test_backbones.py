@@ -73,6 +73,9 @@ def test_bundled_only_for_lite0():
 def test_random_weights_are_labelled():
     fx = create_feature_extractor("resnet18", "random")
     assert fx.weights_source == RANDOM_WEIGHTS_LABEL and fx.is_random
+    torch.manual_seed(123)  # the global RNG state must not matter: save/load rebuilds the same backbone
+    again = create_feature_extractor("resnet18", "random")
+    assert torch.equal(fx.model.state_dict()["layer3.0.conv1.weight"], again.model.state_dict()["layer3.0.conv1.weight"])
 
 
 def test_stage_indices_map_by_reduction():

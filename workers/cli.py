@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ad_core.cli import add_core_commands, add_run_arguments, dispatch, parse_overrides, resolve_dataset
+from dashboard.cli import add_export_command
 
 
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -29,6 +30,7 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from ad_core.methods.base import ConfigError
     from ad_core.runner import RunSpec
     from db import queries
     from db.session import init_db
@@ -38,16 +40,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
     overrides = parse_overrides(args.overrides)
     if any(seed < 0 for seed in args.seeds):
-        from ad_core.methods.base import ConfigError
-
         raise ConfigError(f"seeds must be >= 0, got {args.seeds}")
     requests = []
-    for method in dict.fromkeys(args.method):
+    methods = list(dict.fromkeys(args.method))
+    for method in methods:
         spec = RunSpec(
             method=method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
             weights=args.weights, preset=args.preset, seed=args.seeds[0], device=args.device, overrides=overrides,
         )
-        config = spec.validate().to_dict()  # raises ConfigError/DatasetError naming the problem
+        try:
+            config = spec.validate().to_dict()  # raises ConfigError/DatasetError naming the problem
+        except ConfigError as exc:
+            if len(methods) > 1 and not str(exc).startswith("unknown method"):
+                raise ConfigError(f"{method}: {exc}") from exc  # say which method's config is wrong
+            raise
         for category in categories:
             for seed in dict.fromkeys(args.seeds):
                 requests.append(queries.JobRequest(
@@ -56,21 +62,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 ))
 
     init_db()
-    group_id = args.group or queries.new_group_id()
-    ids = queries.create_jobs(requests, group_id=group_id)
-    from workers.celery_app import enqueue
+    from workers.celery_app import SubmitError, submit_jobs
 
     try:
-        for job in sorted(queries.list_jobs(job_ids=ids, limit=None), key=lambda j: j.id):
-            enqueue(job)
-    except Exception as exc:
-        # Broker unreachable: do not leave queued jobs that no message will ever start.
-        queries.request_cancel(ids)
-        print(f"error: could not send the jobs to the broker ({type(exc).__name__}: {exc}); "
-              f"jobs {ids[0]}..{ids[-1]} were cancelled", file=sys.stderr)
+        group_id, ids = submit_jobs(requests, group_id=args.group)
+    except SubmitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"submitted {len(ids)} job(s) in group {group_id} "
-          f"({len(args.method)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
+          f"({len(methods)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
           f"x {len(args.seeds)} seed(s))")
     print(" ".join(str(i) for i in ids))
     return 0
@@ -205,6 +205,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"iad up: dashboard on http://localhost:{args.port}", flush=True)
     else:
         print("iad up: no dashboard/app.py found; running the worker only", flush=True)
+    for proc in procs:
+        print(f"iad up: pid {proc.pid}", flush=True)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -212,53 +214,48 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     code = 0
     try:
-        while all(p.poll() is None for p in procs):
+        # Run until Ctrl-C, or until a child dies (then stop the other one too and report its exit code).
+        while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
-        code = next(p.returncode for p in procs if p.poll() is not None) or 0
-        print(f"iad up: a child exited with code {code}; stopping the others", file=sys.stderr)
+        code = next(proc.returncode for proc in procs if proc.poll() is not None) or 1
+        print("iad up: a child process exited; stopping the others", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        print("iad up: stopping", file=sys.stderr, flush=True)
+        print("iad up: stopping (the worker finishes or hands back its current job)", flush=True)
     finally:
+        # Dashboard first (nothing to lose), then the worker with a warm shutdown.
         for proc in reversed(procs):
             _stop(proc, args.stop_timeout)
     return code
 
 
-# --- parser ---------------------------------------------------------------------------------------------------
-
-
 def add_job_commands(sub: argparse._SubParsersAction) -> None:
-    from db.models import JOB_STATUSES
-    from workers.settings import QUEUES
-
-    p = sub.add_parser("submit", help="queue a matrix of jobs: one per method x category x seed")
+    p = sub.add_parser("submit", help="queue a matrix of jobs: methods x categories x seeds")
     add_run_arguments(p, multi=True)
-    p.add_argument("--group", help="group/sweep id shared by these jobs (default: a new one)")
+    p.add_argument("--group", help="group/sweep id for the matrix (default: a new one)")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="list jobs (newest first)")
-    p.add_argument("--status", choices=JOB_STATUSES)
-    p.add_argument("--group", help="only this group/sweep")
-    p.add_argument("--limit", type=int, default=30)
+    p = sub.add_parser("jobs", help="table of jobs with status and progress")
+    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    p.add_argument("--group", help="only jobs of this group/sweep")
+    p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("cancel", help="cancel queued or running jobs")
-    p.add_argument("ids", nargs="+", type=int)
+    p.add_argument("ids", nargs="+", type=int, metavar="ID")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("worker", help="run a job worker (one per GPU: --queue gpu --concurrency 1)")
-    p.add_argument("--queue", nargs="+", action="extend", choices=QUEUES, help="queue(s) to consume (default: cpu)")
-    p.add_argument("--concurrency", type=int, default=1, help="parallel jobs (1: in-process, solo pool)")
+    p = sub.add_parser("worker", help="start a Celery worker (migrates the database first)")
+    p.add_argument("--queue", nargs="+", choices=("cpu", "gpu"), help="queues to consume (default: cpu)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (GPU workers: 1 per GPU)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("migrate", help="create/upgrade the results database to the latest schema")
+    p = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("up", help="migrate, start a local worker and the dashboard; Ctrl-C stops both")
-    p.add_argument("--port", type=int, default=8501, help="dashboard port")
-    p.add_argument("--stop-timeout", type=float, default=10.0,
-                   help="seconds to let a running job finish on Ctrl-C before the worker is killed")
+    p = sub.add_parser("up", help="migrate, then run a local worker and the dashboard (Ctrl-C stops both)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--stop-timeout", type=float, default=30, help="seconds to let the worker finish on stop")
     p.set_defaults(func=cmd_up)
 
 
@@ -269,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     add_core_commands(sub)
     add_job_commands(sub)
+    add_export_command(sub)
     return parser
 
 

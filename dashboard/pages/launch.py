@@ -1,0 +1,92 @@
+"""Launch: methods x dataset x categories x seeds x preset -> one job per cell, validated before submit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ad_core.cli import parse_overrides
+from ad_core.data import DATASET_KINDS, DatasetError, list_categories
+from ad_core.methods import ConfigError, available_methods, get_method
+from dashboard import state, ui
+
+st.title("Launch a comparison")
+ui.flash()
+if state.database_is_empty():
+    ui.first_run_box()
+
+methods_available = available_methods()
+presets = sorted({"paper", *(p for m in methods_available for p in get_method(m).Config.PRESETS)})
+
+c1, c2 = st.columns(2)
+methods = c1.multiselect("Methods", methods_available, default=methods_available[:1], key="launch_methods")
+preset = c2.selectbox("Preset", presets, index=presets.index("fast") if "fast" in presets else 0, key="launch_preset",
+                      help="fast: CPU demos; paper: the papers' settings (GPU workers)")
+
+c1, c2 = st.columns([1, 3])
+kind = c1.selectbox("Dataset kind", DATASET_KINDS, index=DATASET_KINDS.index("demo"), key="launch_kind")
+default_root = str(state.demo_root()) if kind == "demo" else ""
+root = c2.text_input("Dataset root", value=default_root, key=f"launch_root_{kind}",
+                     placeholder="/data/mvtec_ad (the folder holding the categories)")
+
+categories_available: list[str] = []
+if kind == "demo" and not Path(root).expanduser().is_dir():
+    st.info("The demo dataset has not been generated yet.")
+    if st.button("Generate the demo dataset", key="launch_make_demo"):
+        with st.spinner("Generating..."):
+            state.ensure_demo_dataset()
+        st.rerun()
+elif root:
+    try:
+        categories_available = list_categories(kind, root)
+    except (DatasetError, OSError) as exc:
+        st.error(str(exc))
+
+categories = st.multiselect("Categories", categories_available, default=categories_available, key="launch_categories")
+
+c1, c2, c3 = st.columns(3)
+seeds_text = c1.text_input("Seeds", value="0", key="launch_seeds", help="e.g. `0 1 2` or `0-4`")
+device = c2.selectbox("Device", ["cpu", "cuda"], key="launch_device", help="cuda jobs go to the gpu queue")
+weights = c3.selectbox("Backbone weights", ["(preset)", "imagenet", "bundled", "random"], key="launch_weights",
+                       help="random: tests only; results are labelled as random weights")
+with st.expander("Advanced: backbone and config overrides"):
+    backbone = st.text_input("Backbone (timm name)", value="", key="launch_backbone", placeholder="(preset)")
+    overrides_text = st.text_area("Config overrides, one key=value per line", value="", key="launch_overrides",
+                                  placeholder="coreset_ratio=0.01")
+
+errors: dict[str, str] = {}
+try:
+    seeds = state.parse_seeds(seeds_text)
+except ValueError as exc:
+    seeds, errors["seeds"] = [], str(exc)
+try:
+    overrides = parse_overrides([line for line in overrides_text.splitlines() if line.strip()])
+except ConfigError as exc:
+    overrides, errors["overrides"] = {}, str(exc)
+
+n_jobs = len(methods) * len(categories) * len(seeds)
+st.markdown(f"**{len(methods)} method(s) × {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
+            f"× {len(seeds)} seed(s) = {n_jobs} job(s)**")
+
+if st.button(f"Launch {n_jobs} job(s)", type="primary", disabled=n_jobs == 0, key="launch_submit"):
+    plan = state.MatrixPlan(errors=errors)
+    if not errors:
+        with st.spinner("Validating..."):
+            plan = state.plan_matrix(methods, kind, root, categories, seeds, preset=preset, device=device,
+                                     backbone=backbone.strip() or None,
+                                     weights=None if weights == "(preset)" else weights, overrides=overrides)
+    if plan.errors:
+        for what, message in plan.errors.items():
+            st.error(f"**{what}**: {message}")
+    else:
+        try:
+            group, ids = state.submit_matrix(plan.requests)
+        except state.SubmitError as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Submitted {len(ids)} job(s) in group `{group}` (jobs {ids[0]}–{ids[-1]}).")
+            st.page_link(ui.PAGES["jobs"], label="Watch them on the Jobs page", icon=":material/list_alt:")
+elif errors:
+    for what, message in errors.items():
+        st.error(f"**{what}**: {message}")

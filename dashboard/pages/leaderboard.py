@@ -1,0 +1,87 @@
+"""Leaderboard: method x category matrix of one metric on one dataset, mean ± std over seeds."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import state, ui
+from db import leaderboard as lb
+
+st.title("Leaderboard")
+ui.flash()
+
+picked = ui.view_controls("lb")
+if picked is None:
+    if state.database_is_empty():
+        ui.first_run_box()
+    else:
+        st.info("No finished results yet. Jobs that are queued or running appear on the **Jobs** page; "
+                "the leaderboard fills in as they succeed.")
+        st.page_link(ui.PAGES["jobs"], label="Open the Jobs page", icon=":material/list_alt:")
+    st.stop()
+
+view, results = picked
+board = view.board(results)
+if board.other_versions:
+    st.warning(f"Results computed with other metric versions ({', '.join(board.other_versions)}) are not shown: "
+               "numbers from different metric implementations are never mixed. Pick a version above.")
+if board.empty:
+    st.info("No results match these filters.")
+    st.stop()
+if board.any_random:
+    st.warning(f"Rows marked **{lb.RANDOM_MARK}** used randomly initialised backbones (test/demo runs). "
+               "They are shown for completeness and excluded from the best/second ranking.")
+
+st.table(ui.styled_matrix(board, view.transpose))
+st.caption(board.caption())
+
+# Efficiency next to accuracy: the same variants, from the stored timings.
+rows = board.rows
+efficiency = pd.DataFrame({
+    "method": [board.row_label(v) for v in rows.index],
+    "images/s": rows.get("images_per_s"),
+    "fit s / category": rows.get("fit_s"),
+    "peak RSS MB": rows.get("peak_rss_mb"),
+    "device": rows["device"],
+    "seeds": rows["seeds"],
+    "jobs": rows["jobs"],
+    "weights": rows["weights_source"],
+    "config": rows["config_hash"],
+}).reset_index(drop=True)
+st.subheader("Efficiency")
+st.dataframe(efficiency, hide_index=True, column_config={
+    "images/s": st.column_config.NumberColumn(format="%.1f", help="test images scored per second (mean over runs)"),
+    "fit s / category": st.column_config.NumberColumn(format="%.1f", help="training time per category (mean)"),
+    "peak RSS MB": st.column_config.NumberColumn(format="%.0f"),
+})
+
+# Chart: one bar per variant and category, error bars = std over seeds.
+fig = go.Figure()
+columns = [*board.categories, lb.MEAN]
+for variant in board.mean.index:
+    fig.add_bar(
+        name=board.row_label(variant), x=columns, y=board.mean.loc[variant, columns],
+        error_y={"type": "data", "array": board.std.loc[variant, columns].fillna(0), "visible": True},
+        marker_pattern_shape="/" if rows.at[variant, "random_weights"] else "",
+    )
+fig.update_layout(barmode="group", yaxis_title=board.metric_label, height=420, margin={"t": 30, "b": 10},
+                  legend={"orientation": "h", "y": -0.15})
+low = board.mean[columns].min().min()
+if pd.notna(low):
+    fig.update_yaxes(range=[max(0.0, low - 0.1), 1.0])
+st.plotly_chart(fig, width="stretch")
+
+with st.expander("Jobs behind this table"):
+    shown = results[results["metric_version"] == board.metric_version]
+    shown = shown[shown["method"].isin(rows["method"]) & shown["category"].isin(board.categories)]
+    shown = shown.assign(detail=[f"run_detail?job={j}" for j in shown["job_id"]])
+    st.dataframe(
+        shown[["job_id", "method", "preset", "category", "seed", "value", "random_weights", "group_id", "detail"]]
+        .sort_values(["method", "category", "seed"]),
+        hide_index=True,
+        column_config={"value": st.column_config.NumberColumn(board.metric_label, format="%.4f"),
+                       "detail": st.column_config.LinkColumn("heatmaps", display_text="open")},
+    )
+    st.page_link(ui.PAGES["export"], label="Export this table (LaTeX, CSV, Markdown)", icon=":material/download:")

@@ -1,0 +1,226 @@
+"""Run detail: per-class metrics, per-image scores, heatmap viewer (normal-anchored colours), provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import heatmap, ui
+from db import leaderboard as lb
+from db import queries
+
+GT_COLOR = (0, 255, 0)
+PRED_COLOR = (0, 200, 255)
+GALLERY_SIZE = 8
+
+st.title("Run detail")
+
+jobs = ui.recent_jobs("succeeded")
+if not jobs:
+    st.info("No finished job yet. Launch one on the **Launch** page (or the demo from the Leaderboard page).")
+    st.stop()
+by_id = {j.id: j for j in jobs}
+wanted = st.query_params.get("job")
+if wanted is not None and wanted.isdigit() and int(wanted) not in by_id:
+    extra = queries.get_job(int(wanted))
+    if extra is not None and extra.status == "succeeded":
+        by_id[extra.id] = extra
+ids = list(by_id)
+index = ids.index(int(wanted)) if wanted is not None and wanted.isdigit() and int(wanted) in by_id else 0
+job_id = st.selectbox("Job", ids, index=index, format_func=lambda i: ui.job_label(by_id[i]), key="detail_job")
+st.query_params["job"] = str(job_id)  # a shareable link to this run
+job = by_id[job_id]
+record = queries.run_record(job_id)
+config = (record.config if record else None) or job.config
+
+if record is not None and record.random_weights:
+    st.warning(f"{lb.RANDOM_MARK}: this run used a randomly initialised backbone ({record.weights_source}); "
+               "its numbers are not comparable with pretrained runs.")
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def normal_scale(map_path: str, labels: tuple[int, ...], anchor: str) -> heatmap.Scale:
+    maps, _ = ui.load_maps(map_path)
+    return heatmap.normal_scale(maps, np.asarray(labels), anchor)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def display_image(path: str, resize: int, crop: int, mask_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image (and mask) exactly as the model saw it: same resize + centre crop as its maps."""
+    from ad_core.data import Preprocess, read_image, read_mask
+
+    prep = Preprocess(resize=resize, crop=crop)
+    img = read_image(path)
+    mask = None
+    if mask_path:
+        mask = prep.mask(read_mask(mask_path, img.size))[0].numpy() > 0.5
+    return prep.unnormalize(prep.image(img)), mask
+
+
+def render_overlay(run_job, category: str, path: str, opacity: float, anchor: str, show_gt: bool,  # noqa: ANN001
+                   show_pred: bool) -> tuple[np.ndarray, dict] | None:
+    """Overlay of `run_job`'s map for image `path`, or None when the map or image is unavailable."""
+    rows = queries.image_results(run_job.id, category)
+    row = next((r for r in rows if r.path == path), None)
+    if row is None or row.map_path is None or row.map_index is None:
+        return None
+    loaded = ui.load_maps(row.map_path)
+    if loaded is None:
+        return None
+    maps, _ = loaded
+    scale = normal_scale(row.map_path, tuple(r.label for r in rows), anchor)
+    cfg = run_job.config
+    masks = ui.mask_paths(run_job.dataset.kind, run_job.dataset.root, category)
+    try:
+        image, mask = display_image(path, int(cfg.get("resize", 256)), int(cfg.get("crop", 224)), masks.get(path))
+    except Exception:  # the dataset moved or the file is unreadable: show the map alone
+        image, mask = np.zeros((*maps.shape[1:], 3), dtype=np.uint8), None
+    amap = maps[row.map_index].astype(np.float32)
+    out = heatmap.overlay(image, amap, scale, opacity)
+    if show_pred:
+        out = heatmap.draw(out, heatmap.outline(heatmap.above_threshold(amap, scale, image.shape[:2])), PRED_COLOR)
+    if show_gt and mask is not None:
+        out = heatmap.draw(out, heatmap.outline(mask), GT_COLOR)
+    # Rank among the good images: how many normals score at least as high.
+    normals = np.array([r.score for r in rows if r.label == 0])
+    info = {
+        "method": f"{run_job.method}{f' ({run_job.preset})' if run_job.preset else ''}", "seed": run_job.seed,
+        "score": row.score, "label": "anomalous" if row.label else "good", "defect": row.defect_type,
+        "normals_above": int((normals >= row.score).sum()), "normals": len(normals), "scale": scale,
+        "random": " ⚠ random weights" if cfg.get("weights") == "random" else "",
+    }
+    return out, info
+
+
+def short_caption(info: dict) -> str:
+    return f"{info['method']}{info['random']} · seed {info['seed']} · score {info['score']:.4g}"
+
+
+tab_images, tab_metrics, tab_prov = st.tabs(["Images", "Metrics", "Provenance"])
+
+with tab_metrics:
+    frame = queries.metrics_frame(job_ids=[job_id])
+    if frame.empty:
+        st.info("This job stored no metrics.")
+    else:
+        table = frame.pivot_table(index="category", columns="metric", values="value", aggfunc="first", dropna=False)
+        table = table.reindex(columns=[m for m in lb.METRICS if m in table.columns])
+        table.columns = [lb.METRICS[m] for m in table.columns]
+        if len(table) > 1:
+            table.loc["mean"] = table.mean()
+        st.dataframe(table.style.format("{:.4f}", na_rep="–"))
+        st.caption(f"Metric version {frame['metric_version'].iloc[0]}. Pixel metrics are empty for categories "
+                   "without ground-truth masks.")
+    runs = queries.category_runs(job_id)
+    st.dataframe(pd.DataFrame([{
+        "category": r.category, "fit s": r.fit_s, "predict s": r.predict_s, "images/s": r.images_per_s,
+        "peak RSS MB": r.peak_rss_mb, "peak GPU MB": r.peak_gpu_mb, "test images": r.n_images,
+        "notes": "; ".join(r.notes or []),
+    } for r in runs]), hide_index=True)
+
+with tab_images:
+    category = st.selectbox("Category", job.categories, key="detail_category")
+    rows = queries.image_results(job_id, category)
+    if not rows:
+        st.info("No per-image results stored for this category.")
+    else:
+        root = Path(job.dataset.root)
+        table = pd.DataFrame([{
+            "image": str(Path(r.path).relative_to(root)) if Path(r.path).is_relative_to(root) else r.path,
+            "label": "anomalous" if r.label else "good", "defect type": r.defect_type, "score": r.score,
+            "path": r.path,
+        } for r in rows]).sort_values("score", ascending=False, ignore_index=True)
+        st.dataframe(table.drop(columns="path"), hide_index=True, height=240, column_config={
+            "score": st.column_config.NumberColumn(format="%.4f"),
+        })
+        paths = list(table["path"])
+        names = dict(zip(table["path"], table["image"], strict=True))
+        scores = dict(zip(table["path"], table["score"], strict=True))
+        path = st.selectbox("Image (by score)", paths, key="detail_image",
+                            format_func=lambda p: f"{scores[p]:.4f} · {names[p]}")
+        c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+        opacity = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="detail_opacity")
+        anchor = c2.radio("Colour threshold", heatmap.ANCHORS, horizontal=True, key="detail_anchor",
+                          format_func={"max": "max of good maps", "p99": "99th pct of good maps"}.get,
+                          help="Colours are anchored to the anomaly maps of this run's good test images, not "
+                               "stretched per image: a good image stays blue.")
+        show_gt = c3.checkbox("Ground-truth contour", value=True, key="detail_gt")
+        show_pred = c4.checkbox("Above-threshold contour", value=False, key="detail_pred")
+
+        rendered = render_overlay(job, category, path, opacity, anchor, show_gt, show_pred)
+        if rendered is None:
+            st.warning("The anomaly map of this image is not in the artifact store (deleted or on another host).")
+        else:
+            cfg = job.config
+            masks = ui.mask_paths(job.dataset.kind, job.dataset.root, category)
+            left, middle, right = st.columns([2, 2, 1])
+            try:
+                image, mask = display_image(path, int(cfg.get("resize", 256)), int(cfg.get("crop", 224)),
+                                            masks.get(path))
+                if show_gt and mask is not None:
+                    image = heatmap.draw(image, heatmap.outline(mask), GT_COLOR)
+                left.image(image, caption=f"{names[path]} (ground truth in green)", width="stretch")
+            except Exception as exc:
+                left.warning(f"Cannot read the image: {exc}")
+            overlay, info = rendered
+            middle.image(overlay, caption=f"anomaly map, {short_caption(info)}", width="stretch")
+            scale = info["scale"]
+            right.markdown(
+                f"**{info['label']}** ({info['defect']})  \n"
+                f"score **{info['score']:.4g}**  \n"
+                f"{info['normals_above']} of {info['normals']} good images score as high  \n"
+                f"colour threshold **{scale.threshold:.4g}** ({scale.anchor} of the good images' maps"
+                f"{'' if scale.from_normals else '; no good image: all images'})"
+            )
+            right.image(heatmap.colorbar(), caption="median of good maps → threshold (tick) → saturation",
+                        width="stretch")
+        # The same image under other methods/seeds that scored it.
+        others = [i for i in lb.jobs_with_image(category, path) if i != job_id]
+        if others:
+            other_jobs = {j.id: j for j in queries.list_jobs(job_ids=others, limit=None)}
+            # Default: one run per other method (same seed when there is one), then other seeds.
+            ranked = sorted(other_jobs.values(), key=lambda j: (j.method == job.method, j.seed != job.seed, j.id))
+            default = list({j.method: j.id for j in reversed(ranked)}.values())[::-1][:3] or [ranked[0].id]
+            picked = st.multiselect("Compare side by side with", list(other_jobs), default=default,
+                                    format_func=lambda i: ui.job_label(other_jobs[i]), key="detail_compare")
+            if picked:
+                cols = st.columns(4)  # fixed width: panels stay thumbnail-sized
+                panels = [(job, rendered)] + [
+                    (other_jobs[i], render_overlay(other_jobs[i], category, path, opacity, anchor, show_gt, show_pred))
+                    for i in picked
+                ]
+                for k, (panel_job, panel) in enumerate(panels):
+                    col = cols[k % len(cols)]
+                    if panel is None:
+                        col.warning(f"#{panel_job.id}: map not available")
+                    else:
+                        col.image(panel[0], caption=f"#{panel_job.id} · {short_caption(panel[1])}",
+                                  width="stretch")
+
+        with st.expander("Most anomalous images (thumbnails)", expanded=False):
+            top = paths[:GALLERY_SIZE]
+            thumbs = [render_overlay(job, category, p, opacity, anchor, show_gt, False) for p in top]
+            shown = [(t[0], f"{scores[p]:.3f} · {names[p]}") for p, t in zip(top, thumbs, strict=True) if t is not None]
+            if shown:
+                st.image([s[0] for s in shown], caption=[s[1] for s in shown], width=160)
+
+with tab_prov:
+    if record is None:
+        st.info("No provenance record stored for this job.")
+    else:
+        st.table(pd.DataFrame({"value": {
+            "method": job.method, "preset": job.preset or "", "dataset": f"{job.dataset.kind} · {job.dataset.root}",
+            "categories": ", ".join(job.categories), "seed": record.seed, "weights source": record.weights_source,
+            "random weights": "yes" if record.random_weights else "no", "metric version": record.metric_version,
+            "git commit": record.git_commit, "device": record.device, "host": record.host or "",
+            "worker": job.worker_host or "", "group": job.group_id or "", "launched by": job.launched_by,
+            "config hash": lb.config_hash(config),
+        }}).astype(str))
+        c1, c2 = st.columns(2)
+        c1.markdown("**Config**")
+        c1.json(config)
+        c2.markdown("**Packages**")
+        c2.json(record.packages)

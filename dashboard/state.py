@@ -1,0 +1,244 @@
+"""What the dashboard pages *do*: build and submit job matrices, cancel, re-run, launch the demo.
+
+Pages only render; every action goes through here and through `db.queries` (no SQL in the dashboard).
+`submit_matrix` is the single place where jobs reach the broker, and does exactly what `iad submit` does:
+create the rows (all or none), publish one message per job, and cancel the rows again if the broker is
+unreachable so that no queued job waits for a message that will never come.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from db import queries
+from db.models import Job
+from workers.celery_app import SubmitError  # noqa: F401  (re-exported: pages catch state.SubmitError)
+
+# The first-run demo: a couple of fast methods on the generated demo data, one seed.
+DEMO_METHOD_CANDIDATES = ("patchcore", "reconpatch")
+DEMO_PRESET = "fast"
+# IAD_DEMO_SIZE=small makes a tiny demo (tests, slow machines): fewer and smaller images.
+DEMO_SIZES: dict[str, dict[str, int]] = {
+    "default": {"n_train": 40, "n_test_good": 10, "n_test_defect": 20, "image_size": 256},
+    "small": {"n_train": 10, "n_test_good": 4, "n_test_defect": 6, "image_size": 128},
+}
+# ...and shortens training whose cost does not shrink with the data (ReConPatch samples a fixed number of
+# patches per epoch). The stored config records these deviations from the preset.
+DEMO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "small": {"reconpatch": {"epochs": 2, "patches_per_epoch": 2048}},
+}
+
+
+
+@dataclass
+class MatrixPlan:
+    """A validated launch: the job requests, or the reasons (per method or field) it cannot be launched."""
+
+    requests: list[queries.JobRequest] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.requests) and not self.errors
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0 1 2', '0,1,2' or '0-4' -> distinct seeds in order. Raises ValueError on anything else."""
+    seeds: list[int] = []
+    for token in re.split(r"[\s,;]+", text.strip()):
+        if not token:
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", token)
+        if match is None:
+            raise ValueError(f"seeds must be non-negative integers or ranges like 0-4, got {token!r}")
+        lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
+        if hi < lo or hi - lo > 1000:
+            raise ValueError(f"bad seed range {token!r}")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("give at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+def plan_matrix(
+    methods: Sequence[str],
+    dataset: str,
+    root: str,
+    categories: Sequence[str],
+    seeds: Sequence[int],
+    preset: str | None = None,
+    device: str = "cpu",
+    backbone: str | None = None,
+    weights: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> MatrixPlan:
+    """One job per method x category x seed, each method's config validated by `RunSpec.validate`."""
+    from ad_core.backbones import WeightsError
+    from ad_core.data import DatasetError
+    from ad_core.methods.base import ConfigError
+    from ad_core.runner import RunSpec
+    from workers.settings import queue_for_device
+
+    plan = MatrixPlan()
+    if not methods:
+        plan.errors["methods"] = "choose at least one method"
+    if not categories:
+        plan.errors["categories"] = "choose at least one category"
+    if not seeds:
+        plan.errors["seeds"] = "give at least one seed"
+    if plan.errors:
+        return plan
+    root = str(Path(root).expanduser())
+    for method in dict.fromkeys(methods):
+        spec = RunSpec(method=method, dataset=dataset, root=root, categories=list(categories), backbone=backbone or None,
+                       weights=weights or None, preset=preset or None, seed=seeds[0], device=device,
+                       overrides=dict(overrides or {}))
+        try:
+            config = spec.validate().to_dict()
+        except (ConfigError, DatasetError, WeightsError) as exc:
+            plan.errors[method] = str(exc)
+            continue
+        for category in categories:
+            for seed in seeds:
+                plan.requests.append(queries.JobRequest(
+                    method=method, dataset=dataset, root=root, categories=[category], config=config,
+                    preset=preset or None, seed=seed, device=device, queue=queue_for_device(device),
+                ))
+    return plan
+
+
+def submit_matrix(requests: Sequence[queries.JobRequest], group_id: str | None = None) -> tuple[str, list[int]]:
+    """Create the jobs and send them to the broker, exactly as `iad submit`. Returns (group id, job ids)."""
+    from workers.celery_app import submit_jobs
+
+    return submit_jobs(requests, group_id)
+
+
+def cancel(job_ids: Iterable[int]) -> dict[int, str]:
+    """Cancel queued/running jobs (database flag, plus a revoke where the broker supports it)."""
+    from workers.celery_app import cancel_jobs
+
+    return cancel_jobs(list(job_ids))
+
+
+def expire_stale() -> int:
+    """Expire jobs of lost workers (re-queue when IAD_MAX_ATTEMPTS allows); returns how many."""
+    from workers.celery_app import expire_stale_jobs
+
+    return len(expire_stale_jobs())
+
+
+def request_of(job: Job, seed: int | None = None, categories: list[str] | None = None) -> queries.JobRequest:
+    """The request that created `job` (optionally for another seed/category: a matrix cell)."""
+    return queries.JobRequest(
+        method=job.method, dataset=job.dataset.kind, root=job.dataset.root,
+        categories=list(categories if categories is not None else job.categories), config=dict(job.config),
+        preset=job.preset, seed=job.seed if seed is None else seed, device=job.device, queue=job.queue,
+    )
+
+
+def rerun(job_ids: Iterable[int]) -> tuple[str, list[int]]:
+    """Submit fresh copies of these jobs (same config, seed and categories) in their own group."""
+    jobs = sorted(queries.list_jobs(job_ids=list(job_ids), limit=None), key=lambda j: j.id)
+    groups = {j.group_id for j in jobs}
+    # Re-runs of one matrix stay in it, so its "missing cells" and progress stay in one place.
+    group = groups.pop() if len(groups) == 1 else None
+    return submit_matrix([request_of(j) for j in jobs], group_id=group)
+
+
+def _cell_key(job: Job) -> tuple:
+    from db.leaderboard import config_hash
+
+    return (job.method, job.dataset.kind, job.dataset.root, job.preset, config_hash(job.config), job.device)
+
+
+def missing_cells(group_id: str) -> list[queries.JobRequest]:
+    """Cells of a matrix (method variant x category x seed) with no succeeded, queued or running job.
+
+    The matrix is the full cross product of the variants, categories and seeds seen in the group, so a
+    cell that failed, was cancelled, or was never created is "missing".
+    """
+    jobs = queries.list_jobs(group_id=group_id, limit=None)
+    if not jobs:
+        return []
+    variants: dict[tuple, Job] = {}
+    categories: list[str] = []
+    seeds: list[int] = []
+    done: set[tuple] = set()
+    for job in sorted(jobs, key=lambda j: j.id):
+        key = _cell_key(job)
+        variants.setdefault(key, job)
+        categories.extend(job.categories)
+        seeds.append(job.seed)
+        if job.status in ("succeeded", "queued", "running"):
+            done.update((key, c, job.seed) for c in job.categories)
+    cells = []
+    for key, template in variants.items():
+        for category in dict.fromkeys(categories):
+            for seed in dict.fromkeys(seeds):
+                if (key, category, seed) not in done:
+                    cells.append(request_of(template, seed=seed, categories=[category]))
+    return cells
+
+
+def rerun_missing(group_id: str) -> list[int]:
+    cells = missing_cells(group_id)
+    if not cells:
+        return []
+    return submit_matrix(cells, group_id=group_id)[1]
+
+
+# --- the first-run demo ------------------------------------------------------------------------------------
+
+
+def demo_size() -> str:
+    size = os.environ.get("IAD_DEMO_SIZE", "default")
+    return size if size in DEMO_SIZES else "default"
+
+
+def demo_root() -> Path:
+    """Where the demo data lives (a separate folder per size, so the two never collide)."""
+    from ad_core.home import demo_root as home_demo_root
+
+    root = home_demo_root()
+    return root if demo_size() == "default" else root.with_name(f"{root.name}-{demo_size()}")
+
+
+def demo_methods() -> list[str]:
+    from ad_core.methods import available_methods
+
+    available = set(available_methods())
+    return [m for m in DEMO_METHOD_CANDIDATES if m in available]
+
+
+def ensure_demo_dataset() -> Path:
+    from ad_core.data import make_demo_dataset
+
+    return make_demo_dataset(demo_root(), **DEMO_SIZES[demo_size()])
+
+
+def launch_demo() -> tuple[str, list[int]]:
+    """Generate the demo dataset (if needed) and submit the demo comparison. Raises on invalid input."""
+    from ad_core.data import DEMO_CATEGORIES
+
+    root = ensure_demo_dataset()
+    requests, errors = [], {}
+    for method in demo_methods():
+        overrides = DEMO_OVERRIDES[demo_size()].get(method, {})
+        plan = plan_matrix([method], "demo", str(root), list(DEMO_CATEGORIES), [0], preset=DEMO_PRESET,
+                           overrides=overrides)
+        requests += plan.requests
+        errors.update(plan.errors)
+    if errors or not requests:
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()) or "no demo method available")
+    return submit_matrix(requests)
+
+
+def database_is_empty() -> bool:
+    return sum(queries.job_counts().values()) == 0

@@ -1,0 +1,86 @@
+"""Anomaly-map artifacts: one compact float16 `.npz` per job x category under `IAD_ARTIFACTS`.
+
+Each file holds `maps` (float16 [N, H, W]) and `paths` (the N image paths, in map order). The database
+stores paths *relative* to the artifacts root, so hosts that mount shared storage (NFS, an S3 mount) at
+different places still find the files. Files are written to a temporary name and renamed into place, so
+a reader never sees half a file. Layout: `maps/job-<id>/a<attempt>/<category>.npz` (one folder per attempt,
+so a worker that lost its lease can never overwrite the files of the attempt that replaced it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ad_core.home import app_home
+
+
+def artifacts_root() -> Path:
+    """`IAD_ARTIFACTS`, default `$IAD_HOME/artifacts`."""
+    root = os.environ.get("IAD_ARTIFACTS")
+    return Path(root).expanduser() if root else app_home() / "artifacts"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+
+
+def job_dir(job_id: int, attempt: int | None = None) -> str:
+    """Relative folder of a job's maps (of one attempt when given)."""
+    base = f"maps/job-{job_id:06d}"
+    return base if attempt is None else f"{base}/a{attempt}"
+
+
+def save_maps(
+    job_id: int, attempt: int, category: str, maps: np.ndarray, paths: Sequence[str], root: Path | None = None
+) -> str:
+    """Write one job x category map file atomically; return its path relative to the artifacts root."""
+    if len(maps) != len(paths):
+        raise ValueError(f"{len(maps)} maps but {len(paths)} paths")
+    root = root or artifacts_root()
+    rel = f"{job_dir(job_id, attempt)}/{_safe(category)}.npz"
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, maps=np.asarray(maps, dtype=np.float16), paths=np.asarray(list(paths), dtype=str))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rel
+
+
+def load_map_file(rel_path: str, root: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """All maps (float16 [N, H, W]) and image paths of one stored file."""
+    with np.load((root or artifacts_root()) / rel_path, allow_pickle=False) as data:
+        return data["maps"], [str(p) for p in data["paths"]]
+
+
+def load_maps(rel_path: str, indices: Sequence[int] | None = None, root: Path | None = None) -> np.ndarray:
+    """Maps of one stored file as float32 [len(indices), H, W] (all of them when `indices` is None)."""
+    maps, _ = load_map_file(rel_path, root)
+    if indices is not None:
+        maps = maps[np.asarray(indices, dtype=np.int64)]
+    return maps.astype(np.float32)
+
+
+def delete_job_maps(job_id: int, attempt: int | None = None, root: Path | None = None) -> bool:
+    """Remove the maps of a job (or of one attempt). Returns whether anything was there."""
+    folder = (root or artifacts_root()) / job_dir(job_id, attempt)
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = folder.parent
+    if attempt is not None and parent.exists() and not any(parent.iterdir()):
+        parent.rmdir()
+    return True

@@ -1,0 +1,122 @@
+"""Paper-ready exports of a leaderboard: LaTeX (booktabs), CSV (tidy, round-trips through pandas), Markdown.
+
+LaTeX goes through `pandas.io.formats.style.Styler.to_latex` (needs jinja2): booktabs rules, best value
+per column in bold, second underlined, mean ± std over seeds, and a caption naming dataset, metric,
+protocol and metric version. Rows are method variants (one per method) unless `transpose=True`, which puts
+categories in rows and the mean in the last row, as many papers do.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pandas as pd
+
+from db.leaderboard import MEAN, Leaderboard
+
+FORMATS = ("latex", "csv", "md")
+SUFFIXES = {"latex": ".tex", "csv": ".csv", "md": ".md"}
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
+
+
+def latex_escape(text: str) -> str:
+    text = _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
+    # Unicode the default pdflatex setup cannot typeset.
+    return (text.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("⚠", r"$^\ddagger$")
+            .replace("–", "--"))
+
+
+EFFICIENCY_COLUMNS = {"images_per_s": ("img/s", "{:.1f}"), "fit_s": ("fit s", "{:.1f}")}
+
+
+def _matrix(board: Leaderboard, transpose: bool, efficiency: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Display strings and ranks, methods as rows (or categories as rows when transposed).
+
+    `efficiency` appends images/s and training seconds per category (methods-as-rows only; not ranked,
+    since faster is not comparable across devices)."""
+    cells = board.cells()
+    rank = board.rank.copy()
+    rank.index = cells.index
+    if efficiency and not transpose:
+        for key, (name, fmt) in EFFICIENCY_COLUMNS.items():
+            values = board.rows[key] if key in board.rows else pd.Series(float("nan"), index=board.rows.index)
+            cells[name] = [fmt.format(v) if pd.notna(v) else "–" for v in values.loc[board.mean.index]]
+            rank[name] = 0
+    if transpose:
+        cells, rank = cells.T, rank.T
+        cells.index.name = "category"
+    return cells, rank
+
+
+def _latex_label(text: str) -> str:
+    random = "random weights" in text
+    text = latex_escape(text.replace("⚠ random weights", "").strip())
+    return text + (r"$^\ddagger$" if random else "")
+
+
+def to_latex(board: Leaderboard, transpose: bool = False, label: str | None = None, efficiency: bool = False) -> str:
+    """A complete `table` environment (booktabs) ready to \\input into a paper (needs \\usepackage{booktabs})."""
+    if board.empty:
+        raise ValueError("the leaderboard is empty: nothing to export")
+    cells, rank = _matrix(board, transpose, efficiency)
+    body = cells.map(latex_escape)
+    body.index = [_latex_label(i) for i in cells.index]
+    body.columns = [_latex_label(c) for c in cells.columns]
+    # One header line: the row label's name goes into the top-left cell.
+    body.index.name = None
+    body.columns.name = latex_escape(cells.index.name or "")
+    marks = rank.map(lambda r: "textbf:--rwrap;" if r == 1 else ("underline:--rwrap;" if r == 2 else ""))
+    marks.index, marks.columns = body.index, body.columns
+    styler = body.style.apply(lambda _: marks, axis=None)
+    latex = styler.to_latex(
+        hrules=True,  # booktabs: \toprule, \midrule, \bottomrule
+        column_format="l" + "c" * body.shape[1],
+        caption=latex_escape(board.caption(with_root=False)),
+        label=label or f"tab:{re.sub('[^a-z0-9]+', '-', f'{board.dataset}-{board.metric}'.lower())}",
+        position_float="centering",
+    )
+    if transpose:
+        # A rule above the mean row, as in papers.
+        latex = re.sub(rf"(?m)^({re.escape(MEAN)} &)", r"\\midrule\n\1", latex)
+    return latex
+
+
+def to_csv(board: Leaderboard) -> str:
+    """Tidy CSV (one row per variant x category incl. the mean): `pd.read_csv` gives `board.long()` back."""
+    buffer = io.StringIO()
+    board.long().to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def to_markdown(board: Leaderboard, transpose: bool = False, efficiency: bool = False) -> str:
+    """GitHub Markdown table: best in **bold**, second <u>underlined</u>, caption below."""
+    if board.empty:
+        raise ValueError("the leaderboard is empty: nothing to export")
+    cells, rank = _matrix(board, transpose, efficiency)
+
+    def fmt(value: str, r: int) -> str:
+        value = value.replace("|", r"\|")
+        return f"**{value}**" if r == 1 else (f"<u>{value}</u>" if r == 2 else value)
+
+    header = [cells.index.name or "", *map(str, cells.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + [":---:"] * len(cells.columns)) + "|"]
+    for i, row in enumerate(cells.index):
+        values = [fmt(cells.iat[i, j], int(rank.iat[i, j])) for j in range(len(cells.columns))]
+        lines.append("| " + " | ".join([str(row), *values]) + " |")
+    return "\n".join(lines) + f"\n\n{board.caption()}\n"
+
+
+def render(board: Leaderboard, fmt: str, transpose: bool = False, efficiency: bool = False) -> str:
+    if fmt == "latex":
+        return to_latex(board, transpose, efficiency=efficiency)
+    if fmt == "csv":
+        return to_csv(board)
+    if fmt == "md":
+        return to_markdown(board, transpose, efficiency=efficiency)
+    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")

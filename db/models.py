@@ -1,0 +1,224 @@
+"""Typed SQLAlchemy models of the results database. Schema changes go through Alembic (`db/migrations`).
+
+Layout: a *job* runs one method on one dataset root for one or more categories with one seed. While it
+runs only the job row changes (status, progress, heartbeat). When it succeeds, all of its result rows
+(`metrics`, `image_results`, `category_runs`, `run_records`, `splits`) are written in one transaction, so a
+failed, cancelled or killed job never leaves partial results behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.session import utcnow
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+# Deterministic constraint names: migrations stay identical on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, dt.datetime: DateTime()}
+
+
+class Method(Base):
+    __tablename__ = "methods"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A dataset on disk: its kind (mvtec, visa, demo, folder...) and root folder."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("kind", "root"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    root: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    splits: Mapped[list[Split]] = relationship(back_populates="dataset")
+
+
+class Split(Base):
+    """One category of a dataset as a run saw it; the content hash covers file names and sizes."""
+
+    __tablename__ = "splits"
+    __table_args__ = (UniqueConstraint("dataset_id", "category", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    category: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    n_train: Mapped[int]
+    n_test: Mapped[int]
+    n_test_good: Mapped[int]
+    n_test_anomalous: Mapped[int]
+    has_masks: Mapped[bool]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="splits")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"),
+        Index(None, "status"),
+        Index(None, "group_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    method: Mapped[str] = mapped_column(ForeignKey("methods.name"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    categories: Mapped[list[str]]
+    preset: Mapped[str | None] = mapped_column(String(64))
+    # The complete, validated method config (every field), so that the worker runs exactly what was checked.
+    config: Mapped[dict[str, Any]]
+    seed: Mapped[int] = mapped_column(default=0)
+    device: Mapped[str] = mapped_column(String(32), default="cpu")
+    queue: Mapped[str] = mapped_column(String(128))
+    # A sweep/matrix submitted together shares one group id.
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    launched_by: Mapped[str] = mapped_column(String(128))
+
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # `attempts` doubles as a fencing token: every write of a running task says which attempt it belongs to.
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=1)
+    task_id: Mapped[str | None] = mapped_column(String(128))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    worker_device: Mapped[str | None] = mapped_column(String(128))
+
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+
+    dataset: Mapped[Dataset] = relationship(lazy="joined")
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class JobProgress(Base):
+    """Progress history of a job (thinned: a row per >=1% step or per 30 s), for timelines and ETAs."""
+
+    __tablename__ = "job_progress"
+    __table_args__ = (Index(None, "job_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    progress: Mapped[float]
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class CategoryRun(Base):
+    """Per job x category: the split it ran on, timings, peak memory and the anomaly-map file."""
+
+    __tablename__ = "category_runs"
+    __table_args__ = (UniqueConstraint("job_id", "category"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(128))
+    split_id: Mapped[int | None] = mapped_column(ForeignKey("splits.id"))
+    fit_s: Mapped[float | None]
+    predict_s: Mapped[float | None]
+    images_per_s: Mapped[float | None]
+    peak_rss_mb: Mapped[float | None]
+    peak_gpu_mb: Mapped[float | None]
+    n_images: Mapped[int] = mapped_column(default=0)
+    # Relative to IAD_ARTIFACTS so that hosts mounting shared storage at different paths agree.
+    maps_path: Mapped[str | None] = mapped_column(String(1024))
+    notes: Mapped[list[str]] = mapped_column(default=list)
+
+
+class MetricValue(Base):
+    """One metric of one category of one job. NULL value: not computable (e.g. pixel metrics without masks)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("job_id", "category", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    metric_version: Mapped[str] = mapped_column(String(32))
+
+
+class ImageResultRow(Base):
+    """One test image of one job: label, score and where its anomaly map is stored (file + index)."""
+
+    __tablename__ = "image_results"
+    __table_args__ = (UniqueConstraint("job_id", "category", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(1024))
+    label: Mapped[int]
+    defect_type: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float]
+    map_path: Mapped[str | None] = mapped_column(String(1024))
+    map_index: Mapped[int | None]
+
+
+class RunRecord(Base):
+    """Reproducibility record of a finished job: everything needed to trace a number back."""
+
+    __tablename__ = "run_records"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    packages: Mapped[dict[str, Any]]
+    git_commit: Mapped[str] = mapped_column(String(64))
+    weights_source: Mapped[str] = mapped_column(String(512))
+    random_weights: Mapped[bool] = mapped_column(Boolean)
+    seed: Mapped[int]
+    device: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str | None] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]]
+    metric_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,222 @@
+"""Leaderboard construction rules and the LaTeX / CSV / Markdown exports (plus `iad export`).
+
+Results are stored through `db.queries` (create -> claim -> complete) in a tmp SQLite database.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dashboard.cli import main as export_main
+from dashboard.sample_data import Image, store_job
+from db import export
+from db import leaderboard as lb
+
+IMAGES = [Image(f"/data/x/{i}.png", i % 2, "good" if i % 2 == 0 else "scratch", 0.1 * i) for i in range(4)]
+
+
+@pytest.fixture
+def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
+    monkeypatch.setenv("IAD_DATABASE_URL", url)
+    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
+    yield url
+    from db import session
+
+    for key, engine in list(session._engines.items()):
+        if key[1] == url:
+            engine.dispose()
+            session._engines.pop(key, None)
+            session._migrated.discard(key)
+
+
+def put(method: str, category: str, seed: int, value: float, root: str = "/data/mvtec", dataset: str = "mvtec",
+        **kw) -> int:
+    return store_job(method, dataset, root, category, seed, {"image_auroc": value, "pixel_auroc": None}, IMAGES,
+                     **kw)
+
+
+@pytest.fixture
+def board(url: str) -> lb.Leaderboard:
+    """3 methods x 2 categories (one with an underscore) x 2 seeds; one method with random weights."""
+    values = {"patchcore": (0.99, 0.97), "padim": (0.95, 0.90), "isstad": (0.999, 0.999)}
+    for method, (a, b) in values.items():
+        for seed in (0, 1):
+            jitter = 0.01 * seed
+            put(method, "bottle", seed, a - jitter, random_weights=method == "isstad")
+            put(method, "metal_nut", seed, b - jitter, random_weights=method == "isstad")
+    return lb.leaderboard("mvtec", "image_auroc")
+
+
+# --- leaderboard rules ---------------------------------------------------------------------------------------
+
+
+def test_mean_std_over_seeds_and_ranking(board: lb.Leaderboard) -> None:
+    assert list(board.mean.columns) == ["bottle", "metal_nut", "mean"]
+    assert list(board.mean.index) == ["patchcore (fast)", "padim (fast)", "isstad (fast)"]
+    assert board.mean.at["patchcore (fast)", "bottle"] == pytest.approx(0.985)
+    assert board.std.at["patchcore (fast)", "bottle"] == pytest.approx(pd.Series([0.99, 0.98]).std())
+    assert board.n.at["patchcore (fast)", "bottle"] == 2
+    assert board.mean.at["patchcore (fast)", "mean"] == pytest.approx((0.985 + 0.965) / 2)
+    # The random-weight row scores highest but is never ranked against pretrained rows.
+    assert board.rank.loc["isstad (fast)"].tolist() == [0, 0, 0]
+    assert board.rank.loc["patchcore (fast)"].tolist() == [1, 1, 1]
+    assert board.rank.loc["padim (fast)"].tolist() == [2, 2, 2]
+    assert board.row_label("isstad (fast)") == "isstad (fast) ⚠ random weights"
+    assert board.cell("patchcore (fast)", "bottle") == "0.985 ± 0.007"
+    assert board.seeds == [0, 1] and board.any_random
+
+
+def test_rerun_replaces_and_never_counts_as_a_seed(url: str) -> None:
+    put("patchcore", "bottle", 0, 0.5)
+    put("patchcore", "bottle", 0, 0.9)  # re-run of the same cell: the latest wins
+    board = lb.leaderboard("mvtec", "image_auroc")
+    assert board.n.at["patchcore (fast)", "bottle"] == 1
+    assert board.mean.at["patchcore (fast)", "bottle"] == pytest.approx(0.9)
+    assert board.cell("patchcore (fast)", "bottle") == "0.900"  # one seed: no ± part
+
+
+def test_metric_versions_and_configs_are_never_mixed(url: str) -> None:
+    put("patchcore", "bottle", 0, 0.9, metric_version="iad-metrics-0")
+    put("patchcore", "bottle", 0, 0.8)
+    put("patchcore", "bottle", 0, 0.7, config={"backbone": "wide_resnet50_2", "crop": 224})
+    board = lb.leaderboard("mvtec", "image_auroc")
+    assert board.metric_version == "iad-metrics-1" and board.other_versions == ["iad-metrics-0"]
+    assert len(board.mean) == 2 and all(re.fullmatch(r"patchcore \(fast\) #[0-9a-f]{8}", r) for r in board.mean.index)
+    old = lb.leaderboard("mvtec", "image_auroc", metric_version="iad-metrics-0")
+    assert old.mean.iloc[0, 0] == pytest.approx(0.9)
+
+
+def test_incomplete_rows_are_flagged_and_not_ranked_on_the_mean(url: str) -> None:
+    put("patchcore", "bottle", 0, 0.9)
+    put("patchcore", "cable", 0, 0.8)
+    put("padim", "bottle", 0, 0.99)  # no cable result
+    board = lb.leaderboard("mvtec", "image_auroc")
+    assert board.incomplete == ["padim (fast)"]
+    assert board.rank.at["padim (fast)", "mean"] == 0 and board.rank.at["patchcore (fast)", "mean"] == 1
+    assert board.cell("padim (fast)", "mean").endswith("†") and board.cell("padim (fast)", "cable") == "–"
+    assert "subset of the categories" in board.caption()
+
+
+def test_filters_and_datasets(url: str) -> None:
+    put("patchcore", "bottle", 0, 0.9)
+    put("patchcore", "01", 0, 0.8, dataset="btad", root="/data/btad")
+    assert lb.leaderboard("btad", "image_auroc").categories == ["01"]
+    assert lb.leaderboard("mvtec", "image_auroc", methods=["padim"]).empty
+    choices = lb.dataset_choices()
+    assert set(choices["kind"]) == {"mvtec", "btad"}
+
+
+def test_empty_database_gives_an_empty_board(url: str) -> None:
+    board = lb.leaderboard("mvtec", "image_auroc")
+    assert board.empty
+    with pytest.raises(ValueError, match="empty"):
+        export.to_latex(board)
+
+
+# --- LaTeX ------------------------------------------------------------------------------------------------------
+
+
+def _environments_balanced(latex: str) -> bool:
+    stack = []
+    for kind, name in re.findall(r"\\(begin|end)\{([^}]+)\}", latex):
+        if kind == "begin":
+            stack.append(name)
+        elif not stack or stack.pop() != name:
+            return False
+    return not stack
+
+
+def _body_rows(latex: str) -> list[str]:
+    body = latex.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0]
+    return [line.strip() for line in body.splitlines() if line.strip().endswith("\\\\")]
+
+
+def test_latex_is_structurally_valid_booktabs(board: lb.Leaderboard) -> None:
+    latex = export.to_latex(board)
+    assert _environments_balanced(latex)
+    assert latex.count(r"\begin{table}") == 1 and latex.count(r"\begin{tabular}{lccc}") == 1
+    assert latex.index(r"\toprule") < latex.index(r"\midrule") < latex.index(r"\bottomrule")
+    rows = _body_rows(latex)
+    assert len(rows) == 3, "one row per method"
+    assert all(row.count("&") == 3 for row in rows)
+    patchcore, padim, isstad = rows
+    assert patchcore.startswith("patchcore (fast) &") and patchcore.count(r"\textbf{") == 3
+    assert padim.count(r"\underline{") == 3 and r"$\pm$" in padim
+    assert isstad.startswith(r"isstad (fast)$^\ddagger$") and r"\textbf" not in isstad
+    assert "metal\\_nut" in latex and "metal_nut" not in latex.replace("metal\\_nut", "")
+    caption = re.search(r"\\caption\{(.*)\}", latex).group(1)
+    for needle in ("Image AUROC", "on mvtec", "protocol: one-class", "2 seeds", "metric version iad-metrics-1",
+                   r"$^\ddagger$ random backbone weights"):
+        assert needle in caption
+    assert "⚠" not in latex and "±" not in latex  # pdflatex-safe
+
+
+def test_latex_with_efficiency_columns(board: lb.Leaderboard) -> None:
+    latex = export.to_latex(board, efficiency=True)
+    assert _environments_balanced(latex) and r"\begin{tabular}{lccccc}" in latex
+    assert "method & bottle & metal\\_nut & mean & img/s & fit s \\\\" in latex
+    assert all(row.endswith("& 20.0 & 2.0 \\\\") for row in _body_rows(latex))
+
+
+def test_latex_with_categories_as_rows_has_a_rule_above_the_mean(board: lb.Leaderboard) -> None:
+    latex = export.to_latex(board, transpose=True)
+    assert _environments_balanced(latex)
+    assert [r.split(" &")[0] for r in _body_rows(latex)] == ["bottle", "metal\\_nut", "mean"]
+    assert "\\midrule\nmean &" in latex
+    assert latex.count(r"\begin{tabular}{lccc}") == 1
+
+
+# --- CSV and Markdown -----------------------------------------------------------------------------------------
+
+
+def test_csv_round_trips_through_pandas(board: lb.Leaderboard) -> None:
+    text = export.to_csv(board)
+    back = pd.read_csv(io.StringIO(text))
+    pd.testing.assert_frame_equal(back, board.long(), check_dtype=False)
+    assert len(back) == 3 * 3  # 3 methods x (2 categories + mean)
+    assert set(back.loc[back["random_weights"], "method"]) == {"isstad"}
+
+
+def test_markdown_marks_best_and_second(board: lb.Leaderboard) -> None:
+    md = export.to_markdown(board)
+    lines = md.splitlines()
+    assert lines[0] == "| method | bottle | metal_nut | mean |"
+    rows = [line for line in lines[2:] if line.startswith("|")]
+    assert len(rows) == 3
+    assert rows[0].count("**") == 6 and rows[1].count("<u>") == 3
+    assert "random weights" in rows[2] and "**" not in rows[2]
+
+
+# --- iad export -------------------------------------------------------------------------------------------------
+
+
+def test_export_command_writes_every_format(board: lb.Leaderboard, tmp_path: Path, capsys) -> None:
+    for fmt in export.FORMATS:
+        out = tmp_path / f"table{export.SUFFIXES[fmt]}"
+        assert export_main(["export", "--dataset", "mvtec", "--metric", "image_auroc", "--format", fmt,
+                            "--out", str(out)]) == 0
+        assert out.read_text() == export.render(board, fmt)
+    assert export_main(["export", "--dataset", "mvtec", "--metric", "image_auroc", "--format", "csv",
+                        "--no-random", "--methods", "padim", "patchcore"]) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(printed["method"]) == {"padim", "patchcore"}
+
+
+def test_export_command_explains_what_is_missing(url: str, capsys) -> None:
+    assert export_main(["export", "--dataset", "mvtec", "--metric", "aupro"]) == 2
+    assert "no finished results for dataset 'mvtec'" in capsys.readouterr().err
+    put("patchcore", "bottle", 0, 0.9, root="/a")
+    put("patchcore", "bottle", 0, 0.8, root="/b")
+    assert export_main(["export", "--dataset", "mvtec", "--metric", "image_auroc"]) == 2
+    assert "several roots" in capsys.readouterr().err
+    assert export_main(["export", "--dataset", "mvtec", "--root", "/b", "--metric", "image_auroc",
+                        "--format", "md"]) == 0
+    assert "0.800" in capsys.readouterr().out

@@ -1,0 +1,317 @@
+"""ISSTAD: corruption labels, training losses, scoring definition, persistence and config validation.
+
+Everything runs on tiny ViTs and 32-48 px images (a few seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from ad_core.methods.base import AnomalyModel, ConfigError, get_method
+from ad_core.methods.isstad import ISSTAD, ISSTADConfig, isstad_scores
+from ad_core.methods.isstad_augment import (
+    CorruptionSettings,
+    corrupt,
+    foreground_box,
+    random_resized_crop_flip,
+    shape_mask,
+)
+from ad_core.methods.isstad_mae import EncoderWeightsError, IsstadMAE, load_pretrained_encoder
+
+TINY = dict(
+    resize=32,
+    crop=32,
+    patch_size=8,
+    encoder_dim=32,
+    encoder_depth=2,
+    encoder_heads=2,
+    decoder_dim=32,
+    decoder_heads=2,
+    stage1_decoder_depth=1,
+    decoder_depth=2,
+    stage1_batch_size=4,
+    stage2_batch_size=4,
+    batch_size=4,
+)
+
+
+def object_image(size: int = 48, seed: int = 0) -> torch.Tensor:
+    """A bright textured disc on a dark background, [3,H,W] in [0,1]."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2).float()
+    texture = 0.5 + 0.3 * torch.rand(3, size, size, generator=g)
+    return (disc * texture + (1 - disc) * 0.05).clamp(0, 1)
+
+
+def normalised(unit: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(-1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(-1, 3, 1, 1)
+    return (unit - mean) / std
+
+
+def loader_of(images: torch.Tensor, batch: int = 4) -> list[dict]:
+    return [
+        {"image": normalised(images[i : i + batch]), "path": [f"/data/demo/train/good/{j}.png" for j in range(batch)]}
+        for i in range(0, len(images), batch)
+    ]
+
+
+def train_images(n: int = 8, size: int = 32) -> torch.Tensor:
+    return torch.stack([object_image(size, seed) for seed in range(n)])
+
+
+@pytest.fixture(scope="module")
+def fitted() -> ISSTAD:
+    torch.manual_seed(0)
+    config = ISSTADConfig.build(
+        "fast",
+        **TINY,
+        stage1_epochs=12,
+        stage1_base_lr=0.2,  # tiny overfit run: a high lr, no random crops
+        stage1_crop_min_scale=1.0,
+        stage2_epochs=12,
+        stage2_cosine_period=12,
+    )
+    model = ISSTAD(config)
+    model.fit(loader_of(train_images()))
+    return model
+
+
+# --- corruption -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("remove_black", [False, True])
+@pytest.mark.parametrize("area_limit", [True, False])
+def test_corruption_label_is_exactly_the_changed_pixels(area_limit: bool, remove_black: bool) -> None:
+    settings = CorruptionSettings(max_shapes=3, area_limit=area_limit, remove_black=remove_black)
+    image = object_image()
+    rng = np.random.default_rng(1)
+    nonempty = 0
+    for _ in range(40):
+        corrupted, label = corrupt(image, rng, settings, force=True)
+        assert corrupted.shape == image.shape and label.shape == image.shape[1:]
+        assert label.dtype == torch.long and set(label.unique().tolist()) <= {0, 1}
+        changed = (corrupted != image).any(dim=0)
+        assert torch.equal(changed, label.bool())
+        assert bool(((corrupted - image).abs().amax(0)[label.bool()] > settings.min_change).all())
+        assert float(corrupted.min()) >= 0 and float(corrupted.max()) <= 1
+        nonempty += int(label.any())
+    assert nonempty >= 30  # almost every forced corruption changes something
+
+
+def test_corruption_probability_and_determinism() -> None:
+    image = object_image()
+    clean, label = corrupt(image, np.random.default_rng(0), CorruptionSettings(probability=0.0))
+    assert torch.equal(clean, image) and not label.any()
+    a = [corrupt(image, np.random.default_rng(7))[1] for _ in range(2)]
+    assert torch.equal(a[0], a[1])
+    rng = np.random.default_rng(3)
+    corrupted_fraction = np.mean([bool(corrupt(image, rng)[1].any()) for _ in range(150)])
+    assert 0.5 < corrupted_fraction < 0.8  # probability 2/3 (a few forced draws may change nothing)
+
+
+def test_shapes_stay_in_the_foreground_box() -> None:
+    image = object_image(64)
+    box = foreground_box(image)
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+    assert (x0, y0, x1, y1) != (0, 0, 64, 64)  # the disc does not fill the image
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = shape_mask((64, 64), box, 3, rng)
+        ys, xs = np.nonzero(mask)
+        assert len(ys) > 0
+        assert xs.min() >= x0 and ys.min() >= y0 and xs.max() <= x1 and ys.max() <= y1
+
+
+def test_stage1_crop_keeps_shape_and_range() -> None:
+    images = train_images(3)
+    out = random_resized_crop_flip(images, np.random.default_rng(0))
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+# --- network and losses -----------------------------------------------------------------------------------
+def test_mae_shapes_and_masked_loss() -> None:
+    torch.manual_seed(0)
+    net = IsstadMAE(32, 8, 32, 1, 2, 32, 3, 2, 2)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(net.unpatchify(net.patchify(x)), x)
+    loss, pred, mask = net.forward_mae(x, 0.75, generator=torch.Generator().manual_seed(0))
+    assert pred.shape == (2, 16, 8 * 8 * 3) and mask.shape == (2, 16)
+    assert mask.sum(1).tolist() == [12.0, 12.0]
+    expected = (((pred - net.patchify(x)) ** 2).mean(-1) * mask).sum() / mask.sum()
+    assert torch.allclose(loss, expected)
+    rec, logits = net.forward_stage2(x)
+    assert rec.shape == (2, 3, 32, 32) and len(logits) == 3 and logits[0].shape == (2, 2, 32, 32)
+
+
+def test_loss_is_finite_and_decreases(fitted: ISSTAD) -> None:
+    stage1 = [h["loss"] for h in fitted.history if h["stage"] == 1]
+    stage2 = [h["loss"] for h in fitted.history if h["stage"] == 2]
+    assert len(stage1) == 12 and len(stage2) == 12
+    assert all(math.isfinite(v) for v in stage1 + stage2)
+    assert np.mean(stage1[-3:]) < stage1[0]
+    assert np.mean(stage2[-3:]) < stage2[0]
+    assert fitted.weights_source == "random (NOT pretrained)"
+
+
+def test_repair_target_switches_the_reconstruction_target(fitted: ISSTAD) -> None:
+    clean = (train_images(2) - 0.5) / 0.5
+    corrupted = clean.clone()
+    corrupted[:, :, 8:16, 8:16] = 1.0
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, 8:16, 8:16] = 1
+    _, parts_clean = fitted.stage2_loss(corrupted, clean, labels)
+    fitted.config.repair_target = "corrupted"
+    try:
+        _, parts_input = fitted.stage2_loss(corrupted, clean, labels)
+    finally:
+        fitted.config.repair_target = "clean"
+    assert parts_clean["rec"] != parts_input["rec"]
+    assert parts_clean["seg"] == pytest.approx(parts_input["seg"])
+
+
+# --- scoring --------------------------------------------------------------------------------------------
+def test_scoring_matches_the_definition(fitted: ISSTAD) -> None:
+    images = normalised(torch.stack([object_image(32, 20), object_image(32, 21)]))
+    images[1, :, 10:18, 10:18] = 2.0  # a bright blob
+    prediction = fitted.predict(images)
+    assert prediction.image_scores.shape == (2,) and prediction.image_scores.dtype == np.float32
+    assert prediction.anomaly_maps.shape == (2, 32, 32) and prediction.anomaly_maps.dtype == np.float32
+
+    # P and R recomputed from the network outputs
+    unit = images * torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) + torch.tensor((0.485, 0.456, 0.406)).view(
+        1, 3, 1, 1
+    )
+    x = (unit - 0.5) / 0.5
+    with torch.no_grad():
+        rec, logits = fitted.net.forward_stage2(x)
+    prob = torch.stack([lg.softmax(1)[:, 1] for lg in logits]).mean(0).numpy()
+    error = ((rec - x) ** 2).mean(1).numpy()
+    p_model, r_model = fitted.pixel_maps(images)
+    np.testing.assert_allclose(p_model, prob, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r_model, error, rtol=1e-5, atol=1e-6)
+
+    for i in range(2):
+        r_norm = (error[i] - error[i].min()) / (error[i].max() - error[i].min())
+        expected_map = gaussian_filter(prob[i] * r_norm, sigma=4)
+        np.testing.assert_allclose(prediction.anomaly_maps[i], expected_map, rtol=1e-4, atol=1e-6)
+        smoothed = gaussian_filter(gaussian_filter(prob[i], 4) * gaussian_filter(error[i], 4), 4)
+        assert prediction.image_scores[i] == pytest.approx(smoothed.mean(), rel=1e-4)
+
+
+def test_scores_helper_handles_flat_error_and_sigma_zero() -> None:
+    prob = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    scores, maps = isstad_scores(prob, np.ones((1, 16, 16), np.float32), sigma=4.0)
+    assert np.all(maps == 0) and scores[0] > 0
+    _, raw = isstad_scores(prob, np.arange(256, dtype=np.float32).reshape(1, 16, 16), sigma=0)
+    np.testing.assert_allclose(raw[0], prob[0] * np.arange(256).reshape(16, 16) / 255, rtol=1e-6)
+
+
+def test_maps_come_back_at_the_input_resolution(fitted: ISSTAD) -> None:
+    images = normalised(object_image(48)[None])
+    prediction = fitted.predict(images)
+    assert prediction.anomaly_maps.shape == (1, 48, 48)
+
+
+# --- persistence and determinism ------------------------------------------------------------------------
+def test_save_load_round_trip(fitted: ISSTAD, tmp_path) -> None:
+    images = normalised(train_images(3))
+    before = fitted.predict(images)
+    path = tmp_path / "isstad.pt"
+    fitted.save(path)
+    loaded = AnomalyModel.load(path)
+    assert isinstance(loaded, ISSTAD) and loaded.weights_source == fitted.weights_source
+    after = loaded.predict(images)
+    np.testing.assert_array_equal(before.image_scores, after.image_scores)
+    np.testing.assert_array_equal(before.anomaly_maps, after.anomaly_maps)
+    assert loaded.history == fitted.history
+
+
+def test_same_seed_same_model() -> None:
+    config = ISSTADConfig.build("fast", **TINY, stage1_epochs=2, stage2_epochs=2)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        model = ISSTAD(config)
+        model.fit(loader_of(train_images(4)))
+        results.append(model.predict(normalised(train_images(2))).anomaly_maps)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_predict_before_fit_raises() -> None:
+    model = ISSTAD(ISSTADConfig.build("fast", **TINY))
+    with pytest.raises(RuntimeError):
+        model.predict(torch.zeros(1, 3, 32, 32))
+
+
+# --- weights ----------------------------------------------------------------------------------------------
+def test_encoder_weights_from_a_checkpoint_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = IsstadMAE(32, 8, 32, 2, 2, 32, 2, 2, 1)
+    path = tmp_path / "mae.pth"
+    torch.save({"model": source.state_dict()}, path)
+    torch.manual_seed(1)
+    target = IsstadMAE(32, 8, 32, 2, 2, 32, 4, 2, 1)
+    label = load_pretrained_encoder(target, "none", str(path))
+    assert label.startswith("file:")
+    assert torch.equal(target.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+    assert torch.equal(target.decoder_blocks[0].mlp.fc1.weight, source.decoder_blocks[0].mlp.fc1.weight)
+    # decoder block 1 is beyond the stage-1 decoder: stays at its own init
+    assert not torch.equal(target.decoder_blocks[1].mlp.fc1.weight, source.decoder_blocks[1].mlp.fc1.weight)
+    with pytest.raises(EncoderWeightsError):
+        load_pretrained_encoder(IsstadMAE(32, 8, 64, 2, 2, 32, 2, 2, 1), "none", str(path))
+
+
+# --- config ---------------------------------------------------------------------------------------------
+def test_presets_build_and_register() -> None:
+    assert get_method("isstad") is ISSTAD
+    paper = ISSTADConfig.build("paper")
+    assert (paper.encoder_dim, paper.encoder_depth, paper.patch_size, paper.crop) == (1024, 24, 16, 224)
+    assert (paper.stage1_epochs, paper.stage2_epochs, paper.decoder_depth, paper.stage1_decoder_depth) == (
+        305,
+        200,
+        12,
+        6,
+    )
+    assert paper.mask_ratio == 0.75 and paper.sigma == 4.0 and paper.repair_target == "clean"
+    assert (paper.ce_weight_normal, paper.ce_weight_anomalous) == (3.0, 1.0)
+    assert ISSTADConfig.build(None) == paper
+    fast = ISSTADConfig.build("fast")
+    assert fast.weights == "random" and fast.encoder_weights == "random"
+    assert ISSTAD(fast).weights_source == "random (NOT pretrained)"
+    assert ISSTADConfig.build("fast", stage2_epochs="3", repair_target="corrupted").stage2_epochs == 3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"patch_size": 12},  # does not divide 128
+        {"mask_ratio": 1.0},
+        {"mask_ratio": -0.1},
+        {"repair_target": "input"},
+        {"stage1_decoder_depth": 6, "decoder_depth": 4},
+        {"encoder_heads": 3},
+        {"weights": "bundled"},
+        {"weights": "imagenet"},  # fast preset has no timm backbone name
+        {"stage2_epochs": 0},
+        {"corruption_prob": 1.5},
+        {"ssim_window": 10},
+        {"stage2_normalization": "none"},
+        {"sigma": -1},
+        {"stage1_epochs": "many"},
+        {"no_such_field": 1},
+    ],
+)
+def test_invalid_values_raise(overrides: dict) -> None:
+    with pytest.raises(ConfigError):
+        ISSTADConfig.build("fast", **overrides)
+
+
+def test_unknown_preset_raises() -> None:
+    with pytest.raises(ConfigError):
+        ISSTADConfig.build("huge")

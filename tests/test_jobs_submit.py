@@ -1,0 +1,122 @@
+"""`iad submit` validates everything up front: bad input fails with one clear line, exit code 2, no jobs.
+
+Also: a good submission creates the whole method x category x seed matrix and one broker message per
+job; `iad jobs` and `iad cancel` on queued jobs. Embedded broker (SQLite file) only: no worker needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jobs_helpers as h
+import pytest
+from sqlalchemy import create_engine, text
+
+from db import queries
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return h.make_tiny_demo(tmp_path_factory.mktemp("tiny") / "demo")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> h.Stack:
+    st = h.make_stack("submit", tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'iad.sqlite'}")
+    st.apply_env(monkeypatch)
+    return st
+
+
+def _iad(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from workers.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _broker_messages(st: h.Stack) -> int:
+    engine = create_engine(f"sqlite:///{st.home / 'broker.sqlite'}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM kombu_message")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+BAD_INPUT = [  # (arguments replaced in a valid command line, what the one-line error must say)
+    ({"--root": ["/nonexistent/demo"]}, "dataset root /nonexistent/demo does not exist"),
+    ({"--method": ["patchcore", "nosuchmethod"]}, "unknown method 'nosuchmethod'"),
+    ({"--set": ["coreset_ratio=2"]}, "coreset_ratio must be in (0, 1]"),
+    ({"--method": ["patchcore", "reconpatch"], "--set": ["coreset_ratio=2"]}, "patchcore: coreset_ratio must be in"),
+    ({"--set": ["coreset_ratio=abc"]}, "coreset_ratio expects float, got 'abc'"),
+    ({"--set": ["no_such_field=1"]}, "unknown config field(s) ['no_such_field']"),
+    ({"--set": ["crop"]}, "--set expects key=value, got 'crop'"),
+    ({"--category": ["brick", "carpet"]}, "carpet"),
+    ({"--preset": ["turbo"]}, "unknown preset 'turbo'"),
+    ({"--weights": ["/nonexistent/weights.pth"]}, "weights file /nonexistent/weights.pth does not exist"),
+    ({"--device": ["tpu"]}, "device must be 'cpu' or 'cuda[:N]'"),
+    ({"--seeds": ["0", "-1"]}, "seeds must be >= 0"),
+]
+
+
+def _argv(root: Path, change: dict[str, list[str]]) -> list[str]:
+    args = {"--method": ["patchcore"], "--dataset": ["demo"], "--root": [str(root)], "--category": ["brick", "grass"],
+            "--backbone": ["tf_efficientnet_lite0"], "--weights": ["random"], **change}
+    argv = ["submit"]
+    for flag, values in args.items():
+        argv += [x for v in values for x in (flag, v)] if flag == "--set" else [flag, *values]
+    return argv
+
+
+@pytest.mark.parametrize("change,message", BAD_INPUT, ids=[next(iter(c)) + f"-{i}" for i, (c, _) in enumerate(BAD_INPUT)])
+def test_bad_input_fails_at_submit_time_and_creates_no_jobs(
+    stack: h.Stack, tiny_root: Path, capsys: pytest.CaptureFixture, change: dict[str, list[str]], message: str
+) -> None:
+    code, out, err = _iad(capsys, *_argv(tiny_root, change))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert queries.list_jobs(limit=None) == []
+    assert not (stack.home / "broker.sqlite").exists()  # nothing was sent either
+
+
+def test_a_valid_matrix_creates_one_job_per_method_category_seed(
+    stack: h.Stack, tiny_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = _iad(capsys, "submit", "--method", "patchcore", "--dataset", "demo", "--root", str(tiny_root),
+                          "--seeds", "0", "1", "2", "--group", "sweep-1", *h.TINY_ARGS)
+    assert code == 0, err
+    ids = [int(i) for i in out.strip().splitlines()[-1].split()]
+    assert "submitted 6 job(s) in group sweep-1" in out and len(ids) == 6
+    jobs = queries.list_jobs(group_id="sweep-1", limit=None)
+    assert sorted((j.categories[0], j.seed) for j in jobs) == [(c, s) for c in h.TINY_CATEGORIES for s in (0, 1, 2)]
+    job = jobs[0]
+    assert (job.status, job.queue, job.device, job.dataset.root) == ("queued", "cpu", "cpu", str(tiny_root))
+    assert job.config["crop"] == 64 and job.config["backbone"] == "tf_efficientnet_lite0" and job.task_id
+    assert job.launched_by and job.max_attempts == 1
+    assert _broker_messages(stack) == 6
+
+    code, out, _ = _iad(capsys, "jobs", "--status", "queued")
+    rows = out.strip().splitlines()
+    assert code == 0 and [row.split()[5] for row in rows[1:]] == ["queued"] * 6
+
+    code, out, _ = _iad(capsys, "cancel", str(ids[0]), str(ids[1]), "999999")
+    assert code == 1 and out.splitlines() == [f"{ids[0]}: cancelled", f"{ids[1]}: cancelled", "999999: not found"]
+    assert queries.job_counts(group_id="sweep-1") == {"queued": 4, "running": 0, "succeeded": 0, "failed": 0,
+                                                      "cancelled": 2}
+
+
+def test_cuda_jobs_go_to_the_gpu_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import queue_for_device
+
+    monkeypatch.setenv("IAD_QUEUE_PREFIX", "team-a.")
+    assert [queue_for_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["team-a.cpu", "team-a.gpu", "team-a.gpu"]
+
+
+def test_migrate_command(stack: h.Stack, capsys: pytest.CaptureFixture) -> None:
+    from db.session import head_revision
+
+    code, out, _ = _iad(capsys, "migrate")
+    assert code == 0 and out.strip().endswith(f"is at revision {head_revision()}")

@@ -1,0 +1,214 @@
+"""The Celery app and its one task, `run_job(job_id)`. The job row is the truth; Celery only delivers ids.
+
+Broker: `IAD_BROKER_URL` (see `workers.settings`). The embedded default is kombu's SQLAlchemy transport on
+a SQLite file: no server, fine for one host. Celery results are not stored (`task_ignore_result`): status,
+progress, errors and results all live in the results database.
+
+Delivery settings: `task_acks_late` + `task_reject_on_worker_lost` keep a message until its task returns,
+`worker_prefetch_multiplier=1` stops a busy worker from hoarding queued jobs. A message can therefore
+arrive twice (redelivery after a lost worker, or two workers reading the SQLite broker at once); the
+conditional claim in `db.queries.claim_job` makes the second delivery a no-op.
+
+Start a worker with `iad worker --queue cpu|gpu` (one per GPU, `--concurrency 1`, pinned with
+CUDA_VISIBLE_DEVICES) or `celery -A workers.celery_app worker -Q cpu --pool solo`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from celery import Celery, Task, signals
+from kombu import Connection
+
+from db import queries
+from db.models import Job
+from db.session import reset_after_fork
+from workers.jobs import execute_job, worker_name
+from workers.settings import (
+    broker_url,
+    ensure_broker_dir,
+    is_embedded_broker,
+    queue_name,
+    supports_remote_control,
+)
+
+log = logging.getLogger("iad.worker")
+
+
+def make_app(url: str | None = None) -> Celery:
+    url = url or broker_url()
+    app = Celery("iad", broker=url, set_as_current=True)
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=queue_name("cpu"),
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        # After a broker connection loss the running job keeps going: a redelivered copy of its message
+        # cannot start it twice (the claim), so there is nothing to gain from cancelling it.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    if is_embedded_broker(url):
+        _fast_sqla_polling()
+    return app
+
+
+def _fast_sqla_polling() -> None:
+    import kombu.transport.sqlalchemy as kombu_sqla
+
+    # Poll every 0.2 s instead of 1 s. This must be the class attribute: kombu forwards every transport
+    # option of this transport to create_engine(), so broker_transport_options would crash the worker.
+    kombu_sqla.Transport.polling_interval = 0.2
+
+
+app = make_app()
+
+
+@app.task(name="iad.run_job", bind=True)
+def run_job(self: Task, job_id: int) -> str:
+    """Run job `job_id` (a no-op unless the job is still queued)."""
+    return execute_job(int(job_id), worker=self.request.hostname or worker_name())
+
+
+@signals.celeryd_init.connect
+def _worker_conf(conf: Any, **_: object) -> None:
+    # Worker-only transport settings, applied here so that a process that only submits (and may talk to
+    # several brokers, as the tests do) never forwards them to the wrong transport.
+    url = conf.broker_url or broker_url()
+    if is_embedded_broker(url):
+        # No fanout on this transport: remote control (revoke, inspect) cannot reach workers anyway.
+        conf.worker_enable_remote_control = False
+    elif url.startswith(("redis://", "rediss://")):
+        # With acks_late an unacked message comes back after visibility_timeout; jobs can take hours.
+        conf.broker_transport_options = {"visibility_timeout": 24 * 3600}
+
+
+def _connection() -> Connection:
+    """A connection to the broker of `IAD_BROKER_URL` as it is now (read at call time, not import time)."""
+    url = broker_url()
+    ensure_broker_dir(url)
+    if is_embedded_broker(url):
+        _fast_sqla_polling()
+    return app.connection_for_write(url)
+
+
+def enqueue(job: Job) -> str:
+    """Publish a message for a queued job on its queue and remember the message id on the job row."""
+    task_id = f"iad-job-{job.id}-{uuid.uuid4().hex[:8]}"
+    # Declare the queue first: on Redis a message sent to a queue no worker has declared yet would be lost.
+    with _connection() as conn:
+        app.amqp.queues[job.queue](conn.default_channel).declare()
+        run_job.apply_async(args=[job.id], queue=job.queue, task_id=task_id, connection=conn)
+    queries.set_task_id(job.id, task_id)
+    return task_id
+
+
+class SubmitError(RuntimeError):
+    """The jobs could not be sent to the broker; they were cancelled so none waits forever."""
+
+
+def submit_jobs(requests: Sequence[queries.JobRequest], group_id: str | None = None) -> tuple[str, list[int]]:
+    """Create job rows and send one message each: the one submit path of the CLI and the dashboard.
+
+    Returns (group id, job ids). If the broker cannot be reached the new jobs are cancelled at once, so
+    no queued job is left that no message will ever start.
+    """
+    if not requests:
+        raise ValueError("nothing to submit")
+    group_id = group_id or queries.new_group_id()
+    ids = queries.create_jobs(list(requests), group_id=group_id)
+    try:
+        for job in sorted(queries.list_jobs(job_ids=ids, limit=None), key=lambda j: j.id):
+            enqueue(job)
+    except Exception as exc:
+        queries.request_cancel(ids)
+        raise SubmitError(
+            f"could not send the jobs to the broker ({type(exc).__name__}: {exc}); jobs {ids[0]}..{ids[-1]} were cancelled"
+        ) from exc
+    return group_id, ids
+
+
+def revoke(task_ids: Iterable[str]) -> bool:
+    """Tell workers to drop these messages (only where the broker has remote control). Best effort."""
+    ids = [t for t in task_ids if t]
+    if not ids or not supports_remote_control():
+        return False
+    try:
+        with _connection() as conn:
+            app.control.revoke(ids, connection=conn)
+        return True
+    except Exception:
+        log.warning("revoke failed; the cancel flag in the database still stops the jobs", exc_info=True)
+        return False
+
+
+def cancel_jobs(job_ids: Iterable[int]) -> dict[int, str]:
+    """Cancel on every broker: the database flag, plus a revoke of queued messages where supported."""
+    job_ids = list(job_ids)
+    outcome = queries.request_cancel(job_ids)
+    cancelled = [j for j, o in outcome.items() if o == "cancelled"]
+    if cancelled:
+        revoke(job.task_id for job in queries.list_jobs(job_ids=cancelled, limit=None) if job.task_id)
+    return outcome
+
+
+def expire_stale_jobs() -> list[queries.ExpiredJob]:
+    """`db.queries.expire_stale_jobs` with the ability to re-queue (when IAD_MAX_ATTEMPTS allows)."""
+    expired = queries.expire_stale_jobs(requeue=enqueue)
+    for item in expired:
+        log.warning("job %s attempt %s: worker lost, %s", item.job_id, item.attempt, item.action)
+    return expired
+
+
+# --- worker process hooks --------------------------------------------------------------------------
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: object) -> None:
+    # Prefork children must not share the parent's database connections.
+    reset_after_fork()
+
+
+class _Sweeper(threading.Thread):
+    """Expires stale jobs periodically from every worker, so a lost worker's job never stays `running`."""
+
+    def __init__(self) -> None:
+        super().__init__(name="iad-lease-sweeper", daemon=True)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = min(30.0, max(1.0, queries.lease_seconds() / 2))
+        while True:  # once at startup, then every `interval`
+            try:
+                expire_stale_jobs()
+            except Exception:
+                log.exception("expiring stale jobs failed")
+            if self.stopped.wait(interval):
+                return
+
+
+_sweeper: _Sweeper | None = None
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    global _sweeper
+    if _sweeper is None:
+        _sweeper = _Sweeper()
+        _sweeper.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stopped.set()

@@ -1,0 +1,74 @@
+"""Job-system settings from the environment (read at call time, so tests and `iad up` can set them).
+
+- `IAD_BROKER_URL`: default `sqla+sqlite:///$IAD_HOME/broker.sqlite` (embedded: no server, one host);
+  `redis://host:6379/N` or `amqp://user:pass@host:5672//` for several hosts.
+- `IAD_QUEUE_PREFIX`: prepended to the queue names `cpu` and `gpu` (lets teams/tests share a broker).
+- `IAD_HEARTBEAT_SECONDS` (default 10): how often a running task refreshes its lease.
+- `IAD_PROGRESS_INTERVAL_S` (default 0.5): minimum seconds between two progress writes of a job.
+- `IAD_LEASE_SECONDS` / `IAD_MAX_ATTEMPTS`: see `db.queries.expire_stale_jobs`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+QUEUES = ("cpu", "gpu")
+
+
+def broker_url() -> str:
+    url = os.environ.get("IAD_BROKER_URL")
+    if url:
+        return url
+    # Same folder as ad_core.home.app_home(), without creating it at import time.
+    home = Path(os.environ.get("IAD_HOME", Path.home() / ".iad")).expanduser()
+    return f"sqla+sqlite:///{home.absolute() / 'broker.sqlite'}"
+
+
+def ensure_broker_dir(url: str | None = None) -> None:
+    """The embedded broker's SQLite file needs its folder to exist before kombu connects."""
+    url = url or broker_url()
+    if is_embedded_broker(url) and ":///" in url:
+        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def is_embedded_broker(url: str | None = None) -> bool:
+    return (url or broker_url()).startswith(("sqla+", "sqlalchemy+"))
+
+
+def supports_remote_control(url: str | None = None) -> bool:
+    """The kombu SQLAlchemy transport has no fanout, so revoke/inspect never reach its workers."""
+    return not is_embedded_broker(url)
+
+
+def queue_prefix() -> str:
+    return os.environ.get("IAD_QUEUE_PREFIX", "")
+
+
+def queue_name(kind: str) -> str:
+    if kind not in QUEUES:
+        raise ValueError(f"unknown queue {kind!r}; use one of {', '.join(QUEUES)}")
+    return queue_prefix() + kind
+
+
+def queue_for_device(device: str) -> str:
+    """Jobs for cuda devices go to the gpu queue, everything else to the cpu queue."""
+    return queue_name("gpu" if device.startswith("cuda") else "cpu")
+
+
+def heartbeat_seconds() -> float:
+    return float(os.environ.get("IAD_HEARTBEAT_SECONDS", 10))
+
+
+def redact(url: str) -> str:
+    """URL with any password replaced, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def progress_interval() -> float:
+    return float(os.environ.get("IAD_PROGRESS_INTERVAL_S", 0.5))

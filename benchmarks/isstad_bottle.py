@@ -69,7 +69,9 @@ def main() -> None:
         generator=torch.Generator().manual_seed(args.seed),
     )
     test_loader = torch.utils.data.DataLoader(ImageDataset(split.test, prep), batch_size=config.batch_size)
-    print(f"isstad preset={args.preset} on {args.category}: {split.counts()} threads={args.threads}", flush=True)
+    print(
+        f"isstad preset={args.preset} on {args.category}: {split.counts()} threads={args.threads}", flush=True
+    )
 
     start = time.perf_counter()
 

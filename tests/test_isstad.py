@@ -57,7 +57,10 @@ def normalised(unit: torch.Tensor) -> torch.Tensor:
 
 def loader_of(images: torch.Tensor, batch: int = 4) -> list[dict]:
     return [
-        {"image": normalised(images[i : i + batch]), "path": [f"/data/demo/train/good/{j}.png" for j in range(batch)]}
+        {
+            "image": normalised(images[i : i + batch]),
+            "path": [f"/data/demo/train/good/{j}.png" for j in range(batch)],
+        }
         for i in range(0, len(images), batch)
     ]
 
@@ -184,9 +187,9 @@ def test_scoring_matches_the_definition(fitted: ISSTAD) -> None:
     assert prediction.anomaly_maps.shape == (2, 32, 32) and prediction.anomaly_maps.dtype == np.float32
 
     # P and R recomputed from the network outputs
-    unit = images * torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) + torch.tensor((0.485, 0.456, 0.406)).view(
-        1, 3, 1, 1
-    )
+    unit = images * torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) + torch.tensor(
+        (0.485, 0.456, 0.406)
+    ).view(1, 3, 1, 1)
     x = (unit - 0.5) / 0.5
     with torch.no_grad():
         rec, logits = fitted.net.forward_stage2(x)
@@ -265,6 +268,22 @@ def test_encoder_weights_from_a_checkpoint_file(tmp_path) -> None:
     assert not torch.equal(target.decoder_blocks[1].mlp.fc1.weight, source.decoder_blocks[1].mlp.fc1.weight)
     with pytest.raises(EncoderWeightsError):
         load_pretrained_encoder(IsstadMAE(32, 8, 64, 2, 2, 32, 2, 2, 1), "none", str(path))
+
+
+def test_timm_vit_weights_map_onto_the_encoder(monkeypatch) -> None:
+    """weights='imagenet' copies a timm VisionTransformer's encoder (stand-in model: no download in tests)."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: vit)
+    target = IsstadMAE(32, 8, 32, 2, 2, 32, 2, 2, 1)
+    label = load_pretrained_encoder(target, "vit_tiny_stand_in", "imagenet")
+    assert label == "timm:vit_tiny_stand_in:pretrained"
+    assert torch.equal(target.patch_embed.proj.weight, vit.patch_embed.proj.weight)
+    assert torch.equal(target.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+    assert torch.equal(target.norm.weight, vit.norm.weight) and torch.equal(target.cls_token, vit.cls_token)
 
 
 # --- config ---------------------------------------------------------------------------------------------

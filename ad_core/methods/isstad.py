@@ -31,8 +31,9 @@ Where we differ from the paper or the code (all configurable unless noted):
 - No test-set model selection (not configurable): the model after the last stage-2 epoch is the result. The
   official code evaluates the test set after every epoch and reports the best image AUROC and the best pixel
   AUROC independently (possibly from different epochs), which is optimistic.
-- Pixel labels of the corruption are exact (pixels inside a shape that do not actually change are labelled
-  normal; the official label is the whole drawn shape). See `isstad_augment`.
+- Pixel labels of the corruption are exact (pixels inside a shape that do not actually change by more than
+  `label_min_change` keep their clean value and are labelled normal; the official label is the whole drawn
+  shape). See `isstad_augment`.
 - Corruption is drawn at the model resolution on the preprocessed image instead of at the original image
   resolution before resizing; the pixel constants of the official code are scaled accordingly.
 - Encoder initialisation: the official code starts from Meta's `mae_visualize_vit_large.pth` (encoder AND
@@ -58,6 +59,12 @@ Choices where paper and code are silent (documented defaults, all config fields)
 - Randomness (crops, MAE masks, corruption) comes from generators seeded by `torch.initial_seed()` at the
   start of `fit` (the runner seeds torch before fitting), so a seed gives the same model on a CPU.
 - AMP (bf16 where supported, else fp16 with a GradScaler) is used on CUDA only (`amp`).
+- SSIM uses zero padding and a mean over all pixels and channels (the pytorch-ssim convention that the
+  official `util/simm.SSIM` appears to follow; that file was not readable either).
+- AdamW runs with `fused=True` (same update rule, several times faster on CPU).
+- `stage2_freeze_encoder=False` is an ablation switch (fine-tune the encoder in stage 2); it is not ISSTAD.
+- The `fast` preset (tiny random-init ViT, 128 px, 16-px patches, 50 + 70 epochs) is a CPU demo, not the
+  method's accuracy: see `ISSTADConfig.PRESETS`.
 """
 
 from __future__ import annotations
@@ -74,7 +81,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from ad_core.backbones import RANDOM_WEIGHTS_LABEL
 from ad_core.data.base import Preprocess
+from ad_core.data.mvtec import MVTEC_CATEGORIES
 from ad_core.methods.base import (
     AnomalyModel,
     ConfigError,
@@ -92,12 +101,6 @@ from ad_core.methods.isstad_augment import (
     random_resized_crop_flip,
 )
 from ad_core.methods.isstad_mae import IsstadMAE, load_pretrained_encoder
-
-RANDOM_WEIGHTS_LABEL = "random (NOT pretrained)"
-MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-    "tile", "toothbrush", "transistor", "wood", "zipper",
-)  # fmt: skip
 
 
 @dataclass
@@ -459,7 +462,7 @@ class ISSTAD(AnomalyModel):
         params = net.stage1_parameters()
         peak_lr = c.stage1_base_lr * c.stage1_batch_size / 256
         optimizer = torch.optim.AdamW(
-            _param_groups(params, c.stage1_weight_decay), lr=peak_lr, betas=(0.9, 0.95)
+            _param_groups(params, c.stage1_weight_decay), lr=peak_lr, betas=(0.9, 0.95), fused=True
         )
         _, dtype = self._autocast()
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -525,9 +528,13 @@ class ISSTAD(AnomalyModel):
         net.train()
         frozen = c.stage2_freeze_encoder
         net.set_encoder_trainable(not frozen)
-        params = net.stage2_parameters() if frozen else [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        params = (
+            net.stage2_parameters()
+            if frozen
+            else [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        )
         optimizer = torch.optim.AdamW(
-            _param_groups(params, c.stage2_weight_decay), lr=c.stage2_lr, betas=(0.9, 0.95)
+            _param_groups(params, c.stage2_weight_decay), lr=c.stage2_lr, betas=(0.9, 0.95), fused=True
         )
         _, dtype = self._autocast()
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)

@@ -20,13 +20,11 @@ from pathlib import Path
 import timm
 import torch
 
+from ad_core.errors import WeightsError
+
 RANDOM_WEIGHTS_LABEL = "random (NOT pretrained)"
 RANDOM_WEIGHTS_SEED = 0
 BUNDLED_MODEL = "tf_efficientnet_lite0"
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights could not be loaded. The message says how to supply them."""
 
 
 @dataclass

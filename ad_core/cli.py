@@ -11,15 +11,21 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from tqdm import tqdm
 
-from ad_core.data import DATASET_KINDS, DEMO_CATEGORIES, DatasetError, make_demo_dataset
+from ad_core.errors import ConfigError, DatasetError, WeightsError
 from ad_core.home import demo_root
-from ad_core.methods.base import ConfigError, available_methods
-from ad_core.runner import RunResult, RunSpec, run
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ad_core.runner import RunResult, RunSpec
+
+# Heavy modules (torch, timm, the methods) are imported inside the commands that need them, so that
+# `iad jobs`, `iad cancel` and `--help` start in well under a second.
+DATASET_KINDS = ("mvtec", "btad", "folder", "demo")  # checked against ad_core.data in the tests
 
 METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
 
@@ -38,9 +44,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
     """Arguments shared by `iad run` and `iad submit` (submit takes several methods and seeds)."""
     if multi:
-        parser.add_argument("--method", nargs="+", required=True, help=f"one or more of: {', '.join(available_methods())}")
+        parser.add_argument("--method", nargs="+", required=True, help="one or more methods (see `iad methods`)")
     else:
-        parser.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
+        parser.add_argument("--method", required=True, help="a method name (see `iad methods`)")
     parser.add_argument("--dataset", required=True, choices=DATASET_KINDS)
     parser.add_argument("--root", help="dataset root folder (default for demo: the generated demo dataset)")
     parser.add_argument("--category", nargs="+", action="extend", help="category/product (repeatable); default: all")
@@ -56,7 +62,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> N
 
 
 def resolve_dataset(dataset: str, root: str | None, categories: list[str] | None) -> tuple[str, list[str]]:
-    from ad_core.data import list_categories
+    from ad_core.data import list_categories, make_demo_dataset
 
     if root is None:
         if dataset != "demo":
@@ -68,6 +74,8 @@ def resolve_dataset(dataset: str, root: str | None, categories: list[str] | None
 
 
 def metrics_table(result: RunResult) -> pd.DataFrame:
+    import pandas as pd
+
     rows = {cat: {**r.metrics, "fit_s": r.timings["fit_s"], "img/s": r.timings["images_per_s"]}
             for cat, r in result.categories.items()}
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -88,6 +96,8 @@ def tqdm_progress(desc: str) -> tuple[Callable[[float, str], None], tqdm]:
 
 
 def execute(spec: RunSpec, json_path: str | None) -> RunResult:
+    from ad_core.runner import run
+
     progress, bar = tqdm_progress(f"{spec.method} on {spec.dataset}")
     try:
         result = run(spec, progress)
@@ -105,6 +115,8 @@ def execute(spec: RunSpec, json_path: str | None) -> RunResult:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ad_core.runner import RunSpec
+
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
     spec = RunSpec(
         method=args.method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
@@ -116,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ad_core.data import DEMO_CATEGORIES, make_demo_dataset
+    from ad_core.runner import RunSpec
+
     root = make_demo_dataset(demo_root(), progress=None)
     print(f"demo dataset: {root} (categories: {', '.join(DEMO_CATEGORIES)})")
     spec = RunSpec(method="patchcore", dataset="demo", root=str(root), categories=list(DEMO_CATEGORIES),
@@ -126,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ad_core.methods import get_method
+    from ad_core.methods import available_methods, get_method
 
     for name in available_methods():
         cls = get_method(name)
@@ -152,8 +167,6 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse and run; expected user errors print one clear line and exit 2 instead of a traceback."""
-    from ad_core.backbones import WeightsError
-
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()

@@ -146,3 +146,10 @@ def test_every_registered_method_runs_through_the_runner(demo_root, method):
     assert brick.anomaly_maps.shape == (12, 64, 64) and np.isfinite(brick.anomaly_maps).all()
     assert all(v is not None and 0.0 <= v <= 1.0 for v in brick.metrics.values())
     assert result.provenance["weights_source"] and result.config["crop"] == 64
+
+
+def test_cli_dataset_kinds_match_the_loaders():
+    from ad_core.cli import DATASET_KINDS as CLI_KINDS
+    from ad_core.data import DATASET_KINDS
+
+    assert CLI_KINDS == DATASET_KINDS

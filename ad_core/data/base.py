@@ -11,13 +11,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ad_core.errors import DatasetError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is not what we expected. The message names the path and the fix."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ad_core.data.base import Preprocess
+from ad_core.errors import ConfigError
 
 # progress(fraction in [0, 1], message). Methods call it during fit; the runner maps it into a job's range.
 ProgressFn = Callable[[float, str], None]
@@ -26,10 +27,6 @@ ProgressFn = Callable[[float, str], None]
 
 def no_progress(fraction: float, message: str) -> None:
     """Default progress callback: ignore."""
-
-
-class ConfigError(ValueError):
-    """A method configuration is invalid (unknown field, wrong type, out-of-range value, unknown preset)."""
 
 
 @dataclass

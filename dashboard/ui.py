@@ -30,14 +30,6 @@ STATUS_CELLS = {"queued": "·", "running": "▶", "succeeded": "✓", "failed": 
 VIEW_KEY = "leaderboard_view"  # the last leaderboard view, shared by the Leaderboard and Export pages
 
 
-def fmt_elapsed(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def job_label(job: Job) -> str:
     preset = f" ({job.preset})" if job.preset else ""
     return (f"#{job.id} {job.method}{preset} · {job.dataset.kind} · {', '.join(job.categories)} · seed {job.seed}"

@@ -136,6 +136,15 @@ class Job(Base):
         return max(0.0, (end - self.started_at).total_seconds())
 
     @property
+    def elapsed_text(self) -> str:
+        """Elapsed run time as m:ss or h:mm:ss ("" before the job started), for tables."""
+        if self.elapsed_s is None:
+            return ""
+        minutes, secs = divmod(int(self.elapsed_s), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+    @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 

@@ -79,14 +79,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # --- iad jobs / cancel -------------------------------------------------------------------------------------
 
 
-def _elapsed(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
     from db import queries
     from db.session import init_db
@@ -103,7 +95,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             "id": j.id, "method": j.method + (f"/{j.preset}" if j.preset else ""), "dataset": j.dataset.kind,
             "category": ",".join(j.categories), "seed": j.seed, "status": j.status, "progress": f"{100 * j.progress:.0f}%",
             "message": (j.message or "").replace("\n", " ")[:50], "worker": j.worker_host or "-",
-            "elapsed": _elapsed(j.elapsed_s),
+            "elapsed": j.elapsed_text or "-",
         }
         for j in jobs
     ]

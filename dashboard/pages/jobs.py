@@ -41,7 +41,7 @@ def _table(jobs: list) -> pd.DataFrame:
         "id": j.id,
         "status": j.status + (" (cancel requested)" if j.cancel_requested and j.status == "running" else ""),
         "progress": j.progress,
-        "elapsed": ui.fmt_elapsed(j.elapsed_s),
+        "elapsed": j.elapsed_text,
         "method": j.method + (f" ({j.preset})" if j.preset else ""),
         "categories": ", ".join(j.categories),
         "seed": j.seed,

@@ -204,6 +204,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Shells start background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # install the handler explicitly so that SIGINT stops `iad up` however it was launched.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         # Run until Ctrl-C, or until a child dies (then stop the other one too and report its exit code).

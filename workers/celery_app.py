@@ -59,16 +59,46 @@ def make_app(url: str | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     if is_embedded_broker(url):
-        _fast_sqla_polling()
+        configure_embedded_transport()
     return app
 
 
-def _fast_sqla_polling() -> None:
+def configure_embedded_transport() -> None:
+    """Polling interval and two race fixes for kombu's SQLAlchemy transport (the embedded broker). Idempotent."""
     import kombu.transport.sqlalchemy as kombu_sqla
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     # Poll every 0.2 s instead of 1 s. This must be the class attribute: kombu forwards every transport
     # option of this transport to create_engine(), so broker_transport_options would crash the worker.
     kombu_sqla.Transport.polling_interval = 0.2
+
+    channel = kombu_sqla.Channel
+    if getattr(channel._open, "iad_patched", False):
+        return
+    # kombu guards its "check, then create" steps with a per-process lock only. Two processes (a starting
+    # worker and a submitting dashboard) can both create the tables of a new broker file, or both insert
+    # the same queue row; the loser got OperationalError("table ... already exists") or IntegrityError
+    # (unique queue name), and a worker died of it. In both cases the winner's object exists now, so
+    # doing the step again succeeds.
+    open_channel, get_or_create = channel._open, channel._get_or_create
+
+    def open_retrying(self: Any) -> Any:
+        try:
+            return open_channel(self)
+        except OperationalError as exc:
+            if "already exists" not in str(exc):
+                raise
+            return open_channel(self)
+
+    def get_or_create_retrying(self: Any, queue: str) -> Any:
+        try:
+            return get_or_create(self, queue)
+        except IntegrityError:
+            self.session.rollback()
+            return get_or_create(self, queue)
+
+    open_retrying.iad_patched = True  # type: ignore[attr-defined]
+    channel._open, channel._get_or_create = open_retrying, get_or_create_retrying
 
 
 app = make_app()
@@ -98,7 +128,7 @@ def _connection() -> Connection:
     url = broker_url()
     ensure_broker_dir(url)
     if is_embedded_broker(url):
-        _fast_sqla_polling()
+        configure_embedded_transport()
     return app.connection_for_write(url)
 
 

@@ -79,6 +79,16 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
 
 
+def dispose_engine(url: str) -> None:
+    """Close this process' pooled connections to `url` and forget it was migrated (tests drop databases)."""
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.pop(key, None)
+        _migrated.discard(key)
+    if engine is not None:
+        engine.dispose()
+
+
 def reset_after_fork() -> None:
     """Call in a forked child: forget (without closing) the parent's pooled connections."""
     with _lock:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from db.session import dispose_engine
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -88,7 +89,7 @@ def postgres_database() -> Iterator[PostgresDatabase]:
     try:
         yield db
     finally:
-        _dispose_engines(db.url)
+        dispose_engine(db.url)
         _pg_admin(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
@@ -98,23 +99,13 @@ def postgres_db() -> Iterator[PostgresDatabase]:
         yield db
 
 
-def _dispose_engines(url: str) -> None:
-    from db import session
-
-    for (_, engine_url), engine in list(session._engines.items()):
-        if engine_url == url:
-            engine.dispose()
-            session._engines.pop((os.getpid(), engine_url), None)
-            session._migrated.discard((os.getpid(), engine_url))
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database URL: SQLite file or PostgreSQL database (the same tests run on both)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
         yield url
-        _dispose_engines(url)
+        dispose_engine(url)
     else:
         yield request.getfixturevalue("postgres_db").url
 
@@ -251,22 +242,24 @@ class Stack:
         assert proc.poll() is None, f"worker exited early:\n{read_log(proc)[-3000:]}"
 
     def stop(self, proc: subprocess.Popen, timeout: float = 20) -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        from workers.cli import stop_process_group
+
+        stop_process_group(proc, timeout)
 
     def close(self) -> None:
         for proc in self.procs:
             self.stop(proc)
-        _dispose_engines(self.db_url)
+        dispose_engine(self.db_url)
 
 
 def read_log(proc: subprocess.Popen) -> str:
     return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

@@ -12,15 +12,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs_helpers import free_port, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,21 +27,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _healthy(url: str) -> bool:
@@ -62,7 +46,7 @@ def app_url(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
         pytest.skip(f"{CHROMIUM} is missing")
     home = tmp_path / "home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "IAD_HOME": str(home),
@@ -81,7 +65,7 @@ def app_url(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _healthy(url) or proc.poll() is not None, 120, "the dashboard to answer")
+        wait_for(lambda: _healthy(url) or proc.poll() is not None, 120, "the dashboard to answer", interval=0.5)
         assert proc.poll() is None, f"iad up exited:\n{log_path.read_text()[-3000:]}"
         yield url, env, log_path
     finally:
@@ -142,9 +126,9 @@ def test_newcomer_runs_the_demo_and_reads_the_results(app_url, tmp_path: Path, m
             return counts["queued"] + counts["running"] == 0
 
         try:
-            _wait(lambda: queries.job_counts()["succeeded"] >= 1 or finished(), 150, "a first job to finish")
+            wait_for(lambda: queries.job_counts()["succeeded"] >= 1 or finished(), 150, "a first job to finish", interval=0.5)
             shot(page, "02-jobs-running.png")
-            _wait(finished, 150, "the demo jobs to finish")
+            wait_for(finished, 150, "the demo jobs to finish", interval=0.5)
         except AssertionError:
             raise AssertionError(f"{queries.job_counts()}\n{log_path.read_text()[-4000:]}") from None
         failed = [j for j in queries.list_jobs(limit=None) if j.status != "succeeded"]

@@ -32,13 +32,9 @@ def iad_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("IAD_DEMO_SIZE", "small")
     monkeypatch.delenv("IAD_BROKER_URL", raising=False)
     yield home
-    from db import session
+    from db.session import dispose_engine
 
-    for key, engine in list(session._engines.items()):
-        if key[1] == url:
-            engine.dispose()
-            session._engines.pop(key, None)
-            session._migrated.discard(key)
+    dispose_engine(url)
 
 
 def open_app(page: str = "leaderboard") -> AppTest:

@@ -28,13 +28,9 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
     yield url
-    from db import session
+    from db.session import dispose_engine
 
-    for key, engine in list(session._engines.items()):
-        if key[1] == url:
-            engine.dispose()
-            session._engines.pop(key, None)
-            session._migrated.discard(key)
+    dispose_engine(url)
 
 
 def put(method: str, category: str, seed: int, value: float, root: str = "/data/mvtec", dataset: str = "mvtec",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -203,18 +202,12 @@ def test_two_workers_drain_fifty_jobs_on_postgres(tmp_path: Path, monkeypatch, c
         assert logs.count("'succeeded'") == 50 and "not claimed" not in logs  # each ran exactly once
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_iad_up_runs_a_worker_and_stops_cleanly_on_ctrl_c(tmp_path: Path, monkeypatch, capsys) -> None:
     st = h.make_stack("up", tmp_path, f"sqlite:///{tmp_path / 'iad.sqlite'}")
     st.tiny = h.make_tiny_demo(tmp_path / "tiny")  # type: ignore[attr-defined]
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log:
-        up = subprocess.Popen([*h.IAD, "up", "--port", str(_free_port()), "--stop-timeout", "20"], env=st.env,
+        up = subprocess.Popen([*h.IAD, "up", "--port", str(h.free_port()), "--stop-timeout", "20"], env=st.env,
                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         [job_id] = h.submit(st, monkeypatch, capsys, "--method", "patchcore", "--category", "brick", *_tiny(st))

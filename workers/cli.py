@@ -163,7 +163,7 @@ def dashboard_app() -> Path | None:
     return path if path.is_file() else None
 
 
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
     """SIGTERM (Celery: warm shutdown, finishes the running job), then SIGKILL after `timeout`."""
     if proc.poll() is not None:
         return
@@ -219,7 +219,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         # Dashboard first (nothing to lose), then the worker with a warm shutdown.
         for proc in reversed(procs):
-            _stop(proc, args.stop_timeout)
+            stop_process_group(proc, args.stop_timeout)
     return code
 
 

@@ -102,6 +102,19 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_backbone_name(name: str) -> None:
+    """ConfigError (with the closest timm names) unless `name` is a timm model, optionally with a tag."""
+    import difflib
+
+    from ad_core.errors import ConfigError
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+    raise ConfigError(f"unknown timm backbone {name!r}{hint}")
+
+
 def create_feature_extractor(
     name: str,
     weights: str = "imagenet",
@@ -109,8 +122,7 @@ def create_feature_extractor(
     device: str | torch.device = "cpu",
 ) -> FeatureExtractor:
     """Build a frozen, eval-mode timm feature extractor. See the module docstring for `weights`."""
-    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-        raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    check_backbone_name(name)
     if out_indices is None:
         out_indices = default_out_indices(name)
     out_indices = tuple(out_indices)

@@ -1,4 +1,8 @@
-"""Where the app keeps its data (demo datasets, databases, artifacts) unless told otherwise."""
+"""Where the app keeps its data (demo datasets, databases, artifacts) unless told otherwise.
+
+`app_home()` is the one place that derives it: `IAD_HOME`, default `~/.iad`. The database URL, the
+embedded broker and the artifact store all build their defaults on it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ import os
 from pathlib import Path
 
 
-def app_home() -> Path:
-    """`IAD_HOME`, default `~/.iad`. Created on first use."""
-    home = Path(os.environ.get("IAD_HOME", Path.home() / ".iad")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+def app_home(create: bool = True) -> Path:
+    """`IAD_HOME`, default `~/.iad` (read at call time), as an absolute path. Created unless `create=False`."""
+    home = Path(os.environ.get("IAD_HOME", Path.home() / ".iad")).expanduser().absolute()
+    if create:
+        home.mkdir(parents=True, exist_ok=True)
     return home
 
 

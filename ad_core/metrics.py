@@ -24,10 +24,8 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-METRIC_VERSION = "iad-metrics-1"
-
-# Keys of `compute_all`, in display order.
-METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
+# One definition in the catalogue; METRIC_NAMES are the keys of `compute_all`, in display order.
+from ad_core.catalog import METRIC_NAMES, METRIC_VERSION
 
 # A ground-truth region is an 8-connected component of one mask (3x3 all-ones structure, as in MVTec AD).
 _REGION_STRUCTURE = np.ones((3, 3), dtype=bool)

@@ -1,9 +1,17 @@
-"""Train and evaluate one method on one or more categories; the single entry point for CLI and workers.
+"""Train and evaluate one method on one or more categories: the one runner loop, for the CLI and the workers.
 
-`run_category` does one category: seed, load the split, fit, predict the test set, compute metrics. It
-reports progress through a callback and checks `should_cancel` between steps; it knows nothing of jobs,
-databases or queues. Every result carries its provenance (config, seed, weights source, metric version,
-package versions, git commit) so that a number can always be traced back.
+`run(spec, progress, should_cancel, on_category)` does everything: validate the spec, apply its split
+recipe (`ad_core.splits`) to get the concrete per-category train/test lists, plan *fit units* from the
+method's learning type, and for each unit seed, fit once and evaluate every category of the unit.
+
+- `one_class` and `few_shot_supervised` methods: one unit (one model) per category;
+- `multi_class` methods: one unit over all categories of the run; results are still per category.
+
+One-class methods see only the normal training images of a split (a few-shot split's labelled anomalies
+are withheld from them), so every method can run on the same split and be compared on the same test set.
+The runner reports progress through a callback and checks `should_cancel` between steps; it knows nothing
+of jobs, databases or queues. Every result carries its provenance (config, seed, split recipe and content
+hash, weights source, metric version, package versions, thread count, git commit).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import random
 import resource
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +34,13 @@ import numpy as np
 import torch
 
 from ad_core import metrics
-from ad_core.backbones import RANDOM_WEIGHTS_LABEL
-from ad_core.data import DATASET_KINDS, DatasetError, ImageDataset, load_split
-from ad_core.methods.base import ConfigError, MethodConfig, ProgressFn, get_method, no_progress
+from ad_core.backbones import RANDOM_WEIGHTS_LABEL, check_backbone_name
+from ad_core.catalog import DATASET_KINDS
+from ad_core.data import CategorySplit, DatasetError, ImageDataset, Sample
+from ad_core.methods.base import AnomalyModel, ConfigError, MethodConfig, ProgressFn, get_method, no_progress
+from ad_core.splits import SplitSpec
 
-# Share of a category's progress spent in fit (the rest is prediction and metrics).
+# Share of a unit's progress spent in fit (the rest is prediction and metrics).
 FIT_SHARE = 0.75
 PACKAGES = ("iad-workbench", "torch", "torchvision", "timm", "faiss-cpu", "numpy", "scipy", "scikit-learn")
 
@@ -41,7 +51,13 @@ class Cancelled(Exception):
 
 @dataclass
 class RunSpec:
-    """What to run. Validated up front (`validate`) so that bad input fails at submit time."""
+    """What to run. Validated up front (`validate`/`prepare`) so that bad input fails at submit time.
+
+    `config`, when given, is a complete stored method config (`MethodConfig.to_dict()`, e.g. a job's) and
+    is rebuilt as it is (`MethodConfig.from_dict`); otherwise the config is built from `preset`,
+    `backbone`, `weights` and `overrides`. `split` is a split recipe (`SplitSpec.to_dict()`; default: the
+    dataset as downloaded).
+    """
 
     method: str
     dataset: str
@@ -54,18 +70,37 @@ class RunSpec:
     device: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
+    split: dict[str, Any] = field(default_factory=lambda: SplitSpec().to_dict())
+    config: dict[str, Any] | None = None
+
+    @property
+    def method_class(self) -> type[AnomalyModel]:
+        return get_method(self.method)
+
+    @property
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec.from_dict(self.split)
 
     def build_config(self) -> MethodConfig:
-        cls = get_method(self.method)
+        cls = self.method_class
+        if self.config is not None:
+            return cls.Config.from_dict(self.config)
         return cls.Config.build(self.preset, backbone=self.backbone, weights=self.weights, **self.overrides)
 
     def validate(self) -> MethodConfig:
         """Check everything that can be checked without training; raise ConfigError/DatasetError."""
+        return self.prepare().config
+
+    def prepare(self) -> RunPlan:
+        """Validate and resolve: the config, the concrete split of every category and the fit units."""
+        cls = self.method_class
         config = self.build_config()
         if self.dataset not in DATASET_KINDS:
             raise DatasetError(f"unknown dataset kind {self.dataset!r}; use one of {', '.join(DATASET_KINDS)}")
         if not self.categories:
             raise ConfigError("no category given")
+        if len(set(self.categories)) != len(self.categories):
+            raise ConfigError(f"categories repeat: {self.categories}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -73,12 +108,56 @@ class RunSpec:
         weights = config.weights
         if weights not in ("imagenet", "bundled", "random") and not Path(weights).expanduser().is_file():
             raise ConfigError(f"weights file {weights} does not exist; pass 'imagenet', 'bundled', 'random' or a path")
-        for category in self.categories:
-            load_split(self.dataset, self.root, category)  # raises DatasetError naming the path
-        return config
+        for name in config.backbone_names():
+            check_backbone_name(name)
+        split_spec = self.split_spec
+        check_pairing(cls, split_spec, self.categories)
+        splits = split_spec.apply(self.dataset, self.root, self.categories, run_seed=self.seed)
+        cls.check_data(config, {c: s.counts() for c, s in splits.items()})
+        return RunPlan(config=config, splits=splits, units=plan_fit_units(cls.learning_type, self.categories))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_pairing(cls: type[AnomalyModel], split: SplitSpec, categories: Sequence[str]) -> None:
+    """Reject a method / split / categories combination that makes no sense, with one clear line."""
+    if cls.learning_type == "few_shot_supervised" and split.kind != "few_shot":
+        raise ConfigError(
+            f"{cls.name} is a few_shot_supervised method: it trains on labelled anomalies, which only a "
+            f"few_shot split provides (got split {split.label!r}); use e.g. --split few_shot:k=10"
+        )
+    if cls.learning_type == "multi_class" and len(categories) < 2:
+        raise ConfigError(
+            f"{cls.name} is a multi_class method (one model over several classes); give at least 2 categories"
+        )
+
+
+@dataclass
+class FitUnit:
+    """One model to fit: its index in the run and the categories it is trained on and tested on."""
+
+    index: int
+    categories: list[str]
+
+
+def plan_fit_units(learning_type: str, categories: Sequence[str]) -> list[FitUnit]:
+    """One unit per category, or one unit over all categories for multi-class methods."""
+    if learning_type == "multi_class":
+        return [FitUnit(0, list(categories))]
+    return [FitUnit(i, [c]) for i, c in enumerate(categories)]
+
+
+def training_samples(learning_type: str, split: CategorySplit) -> list[Sample]:
+    """What a method of this learning type trains on: labelled anomalies only for few-shot supervised ones."""
+    return list(split.train) if learning_type == "few_shot_supervised" else split.train_normal
+
+
+@dataclass
+class RunPlan:
+    config: MethodConfig
+    splits: dict[str, CategorySplit]
+    units: list[FitUnit]
 
 
 @dataclass
@@ -94,10 +173,29 @@ class CategoryResult:
     category: str
     metrics: dict[str, float | None]
     images: list[ImageResult]
-    anomaly_maps: np.ndarray  # float32 [N, H, W] in the order of `images`
-    timings: dict[str, float]
+    anomaly_maps: np.ndarray | None  # float32 [N, H, W] in the order of `images` (None once handed over)
+    timings: dict[str, float]  # fit_s only when the category had its own fit unit (see UnitResult)
     counts: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    split_hash: str = ""  # CategorySplit.content_hash() of the lists this result was computed on
+    split: dict[str, Any] = field(default_factory=dict)  # the recipe, seed resolved
+    train_anomalies: list[str] = field(default_factory=list)  # labelled anomalies trained on (relative paths)
+    has_masks: bool = True
+    fit_unit: int = 0
+
+
+@dataclass
+class UnitResult:
+    """One fit: which categories it covered, its time and memory (recorded once), and the method's
+    `describe()` (e.g. the corruption settings ISSTAD chose)."""
+
+    index: int
+    categories: list[str]
+    fit_s: float
+    peak_rss_mb: float
+    details: dict[str, Any]
+    weights_source: str
+    peak_gpu_mb: float | None = None
 
 
 @dataclass
@@ -106,6 +204,7 @@ class RunResult:
     config: dict[str, Any]
     provenance: dict[str, Any]
     categories: dict[str, CategoryResult] = field(default_factory=dict)
+    units: list[UnitResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document: metrics per category, per-image scores, timings and provenance."""
@@ -114,6 +213,8 @@ class RunResult:
             "per_image": {c: [dataclasses.asdict(i) for i in r.images] for c, r in self.categories.items()},
             "timings": {c: r.timings for c, r in self.categories.items()},
             "counts": {c: r.counts for c, r in self.categories.items()},
+            "splits": {c: {"recipe": r.split, "content_hash": r.split_hash} for c, r in self.categories.items()},
+            "fit_units": [dataclasses.asdict(u) for u in self.units],
             "notes": {c: r.notes for c, r in self.categories.items() if r.notes},
             "spec": self.spec.to_dict(),
             "config": self.config,
@@ -160,10 +261,12 @@ def provenance(spec: RunSpec, weights_source: str) -> dict[str, Any]:
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return {
         "seed": spec.seed,
+        "split": spec.split_spec.with_seed(spec.seed).to_dict(),
         "weights_source": weights_source,
         "random_weights": weights_source == RANDOM_WEIGHTS_LABEL,
         "metric_version": metrics.METRIC_VERSION,
         "packages": package_versions(),
+        "threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "device": device,
         "host": platform.node(),
@@ -182,42 +285,62 @@ def _checked(progress: ProgressFn, should_cancel: Callable[[], bool] | None, lo:
     return report
 
 
-def run_category(
-    spec: RunSpec,
-    category: str,
-    config: MethodConfig | None = None,
-    progress: ProgressFn = no_progress,
-    should_cancel: Callable[[], bool] | None = None,
-) -> tuple[CategoryResult, str]:
-    """Fit and evaluate one category. Returns the result and the weights source of the model."""
-    config = config or spec.build_config()
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _loader(spec: RunSpec, samples: Sequence[Sample], prep: Any, batch_size: int, train: bool) -> Any:
+    if train:
+        return torch.utils.data.DataLoader(
+            ImageDataset(samples, prep), batch_size=batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(spec.seed), num_workers=spec.num_workers,
+        )
+    return torch.utils.data.DataLoader(
+        ImageDataset(samples, prep), batch_size=batch_size, shuffle=False, num_workers=spec.num_workers
+    )
+
+
+def fit_unit(
+    spec: RunSpec, plan: RunPlan, unit: FitUnit, progress: ProgressFn = no_progress
+) -> tuple[AnomalyModel, UnitResult]:
+    """Seed, build the model and fit it once on the training images of the unit's categories."""
+    cls = spec.method_class
     seed_everything(spec.seed)
-    split = load_split(spec.dataset, spec.root, category)
-    model = get_method(spec.method)(config, device=spec.device)
-    prep = model.preprocess()
-    loader_seed = torch.Generator().manual_seed(spec.seed)
-    train_loader = torch.utils.data.DataLoader(
-        ImageDataset(split.train, prep),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=loader_seed,
-        num_workers=spec.num_workers,
-    )
-    test_loader = torch.utils.data.DataLoader(
-        ImageDataset(split.test, prep), batch_size=config.batch_size, shuffle=False, num_workers=spec.num_workers
-    )
-
-    fit_progress = _checked(progress, should_cancel, 0.0, FIT_SHARE)
-    fit_progress(0.0, f"{category}: fitting {spec.method} on {len(split.train)} normal images")
+    model = cls(plan.config, device=spec.device)
+    train = [s for c in unit.categories for s in training_samples(cls.learning_type, plan.splits[c])]
+    loader = _loader(spec, train, model.preprocess(), plan.config.batch_size, train=True)
+    what = unit.categories[0] if len(unit.categories) == 1 else f"{len(unit.categories)} classes"
+    n_anomalous = sum(s.label for s in train)
+    extra = f" + {n_anomalous} labelled anomalies" if n_anomalous else ""
+    progress(0.0, f"{what}: fitting {spec.method} on {len(train) - n_anomalous} normal images{extra}")
     start = time.perf_counter()
-    model.fit(train_loader, fit_progress)
+    model.fit(loader, progress)
     fit_s = time.perf_counter() - start
+    peak_gpu = None
+    if spec.device.startswith("cuda") and torch.cuda.is_available():
+        peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    details = model.describe()
+    details.pop("config", None)  # stored once, with the job
+    return model, UnitResult(
+        index=unit.index, categories=list(unit.categories), fit_s=round(fit_s, 3), peak_rss_mb=_peak_rss_mb(),
+        details=details, weights_source=model.weights_source, peak_gpu_mb=peak_gpu,
+    )
 
-    test_progress = _checked(progress, should_cancel, FIT_SHARE, 1.0)
+
+def evaluate_category(
+    spec: RunSpec, plan: RunPlan, model: AnomalyModel, category: str, progress: ProgressFn = no_progress
+) -> CategoryResult:
+    """Score the test images of one category and compute its metrics."""
+    split = plan.splits[category]
+    loader = _loader(spec, split.test, model.preprocess(), plan.config.batch_size, train=False)
+    class_aware = type(model).learning_type == "multi_class"
     labels, scores, masks, maps, images = [], [], [], [], []
     start = time.perf_counter()
-    for i, batch in enumerate(test_loader):
-        prediction = model.predict(batch["image"])
+    for i, batch in enumerate(loader):
+        if class_aware:
+            prediction = model.predict(batch["image"], list(batch["category"]))
+        else:
+            prediction = model.predict(batch["image"])
         scores.append(prediction.image_scores)
         maps.append(prediction.anomaly_maps.astype(np.float32))
         masks.append(batch["mask"][:, 0].numpy() > 0.5)
@@ -226,7 +349,7 @@ def run_category(
             batch["path"], batch["label"], batch["defect_type"], prediction.image_scores, strict=True
         ):
             images.append(ImageResult(str(path), int(label), str(defect), float(score)))
-        test_progress((i + 1) / len(test_loader), f"{category}: scored {len(images)}/{len(split.test)} test images")
+        progress((i + 1) / len(loader), f"{category}: scored {len(images)}/{len(split.test)} test images")
     predict_s = time.perf_counter() - start
 
     all_maps = np.concatenate(maps)
@@ -237,23 +360,15 @@ def run_category(
         all_maps,
     )
     timings = {
-        "fit_s": round(fit_s, 3),
         "predict_s": round(predict_s, 3),
         "images_per_s": round(len(images) / predict_s, 3) if predict_s > 0 else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": _peak_rss_mb(),
     }
-    if spec.device.startswith("cuda") and torch.cuda.is_available():
-        timings["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    result = CategoryResult(
-        category=category,
-        metrics=result_metrics,
-        images=images,
-        anomaly_maps=all_maps,
-        timings=timings,
-        counts=split.counts(),
-        notes=list(split.notes),
+    return CategoryResult(
+        category=category, metrics=result_metrics, images=images, anomaly_maps=all_maps, timings=timings,
+        counts=split.counts(), notes=list(split.notes), split_hash=split.content_hash(), split=dict(split.recipe),
+        train_anomalies=split.relative_paths(s for s in split.train if s.label == 1), has_masks=split.has_masks,
     )
-    return result, model.weights_source
 
 
 def run(
@@ -261,18 +376,40 @@ def run(
     progress: ProgressFn = no_progress,
     should_cancel: Callable[[], bool] | None = None,
     on_category: Callable[[CategoryResult], None] | None = None,
+    keep_maps: bool = True,
 ) -> RunResult:
-    """Run every category of `spec` in turn. `on_category` sees each result as soon as it exists."""
-    config = spec.validate()
-    result: RunResult | None = None
-    n = len(spec.categories)
-    for i, category in enumerate(spec.categories):
-        cat_progress = _checked(progress, should_cancel, i / n, (i + 1) / n)
-        category_result, weights_source = run_category(spec, category, config, cat_progress, should_cancel)
-        if result is None:
-            result = RunResult(spec=spec, config=config.to_dict(), provenance=provenance(spec, weights_source))
-        result.categories[category] = category_result
-        if on_category is not None:
-            on_category(category_result)
-    assert result is not None
+    """The runner loop: prepare, then fit each unit once and evaluate its categories.
+
+    `on_category` sees each category result as soon as it exists (the worker writes its maps then);
+    with `keep_maps=False` the maps are dropped from the result after that, so a long run does not hold
+    every category's maps in memory.
+    """
+    plan = spec.prepare()
+    result = RunResult(spec=spec, config=plan.config.to_dict(), provenance={})
+    total = len(spec.categories)
+    done = 0
+    for unit in plan.units:
+        share = len(unit.categories) / total
+        lo, hi = done / total, done / total + share
+        fit_hi = lo + (hi - lo) * FIT_SHARE
+        model, unit_result = fit_unit(spec, plan, unit, _checked(progress, should_cancel, lo, fit_hi))
+        result.units.append(unit_result)
+        if not result.provenance:
+            result.provenance = provenance(spec, model.weights_source)
+        step = (hi - fit_hi) / len(unit.categories)
+        for j, category in enumerate(unit.categories):
+            cat_progress = _checked(progress, should_cancel, fit_hi + j * step, fit_hi + (j + 1) * step)
+            category_result = evaluate_category(spec, plan, model, category, cat_progress)
+            category_result.fit_unit = unit.index
+            if len(unit.categories) == 1:
+                category_result.timings = {"fit_s": unit_result.fit_s, **category_result.timings}
+                if unit_result.peak_gpu_mb is not None:
+                    category_result.timings["peak_gpu_mb"] = unit_result.peak_gpu_mb
+            result.categories[category] = category_result
+            if on_category is not None:
+                on_category(category_result)
+            if not keep_maps:
+                category_result.anomaly_maps = None
+        done += len(unit.categories)
+        del model
     return result

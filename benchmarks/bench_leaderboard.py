@@ -4,7 +4,7 @@ Fills a fresh database (default: SQLite in a temp folder; `--url` for PostgreSQL
 `db.queries` calls a worker makes: 4 methods x 15 MVTec categories x 3 seeds = 180 jobs with all 7
 metrics, category timings and ~556 per-image rows each (100k in total). Then times, after one warm-up:
 
-- `db.leaderboard.leaderboard(...)`: the queries + the matrix (what `iad export` does);
+- `db.results.leaderboard(...)`: the queries + the matrix (what `iad export` does);
 - the LaTeX export of that matrix;
 - the whole Leaderboard page as the Streamlit server runs it (`AppTest.run()` of `dashboard/app.py`:
   every query, the styled table, the efficiency table and the plotly figure).
@@ -30,7 +30,8 @@ SEEDS = (0, 1, 2)
 def fill(n_images: int, url: str) -> tuple[int, float]:
     import numpy as np
 
-    from dashboard.sample_data import METRIC_NAMES, Image, store_job
+    from ad_core.catalog import METRIC_NAMES
+    from dashboard.sample_data import Image, store_job
 
     n_jobs = len(METHODS) * len(CATEGORIES) * len(SEEDS)
     per_job = -(-n_images // n_jobs)  # at least n_images rows in total
@@ -75,15 +76,15 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from db import export, queries
-    from db import leaderboard as lb
+    from ad_core.analysis import export
+    from db import queries, results
 
     n, fill_s = fill(args.images, url)
     counts = queries.job_counts()
     print(f"stored {n} per-image rows in {counts['succeeded']} jobs ({fill_s:.1f} s through db.queries)")
 
-    median, worst = timed(lambda: lb.leaderboard("mvtec", "image_auroc"), args.repeats)
-    board = lb.leaderboard("mvtec", "image_auroc")
+    median, worst = timed(lambda: results.leaderboard("mvtec", "image_auroc"), args.repeats)
+    board = results.leaderboard("mvtec", "image_auroc")
     print(f"leaderboard() query + matrix ({board.mean.shape[0]} rows x {board.mean.shape[1]} columns): "
           f"median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms")
     median, worst = timed(lambda: export.to_latex(board), args.repeats)

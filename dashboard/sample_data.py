@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ad_core.catalog import METRIC_NAMES, METRIC_VERSION
 from db import artifacts, queries
-
-METRIC_VERSION = "iad-metrics-1"
-METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
 
 
 class Image:
@@ -41,14 +39,17 @@ def store_job(
     timings: Mapping[str, float | None] | None = None,
     group_id: str | None = None,
     metric_version: str = METRIC_VERSION,
+    split: dict[str, Any] | None = None,
+    split_hash: str | None = None,
     url: str | None = None,
 ) -> int:
-    """Create, claim and complete one job with these results; returns its id."""
+    """Create, claim and complete one job with these results; returns its id. `split` is the job's recipe
+    (default: standard); `split_hash` the content hash its category was evaluated on (default: none stored)."""
     config = config or {"backbone": "tf_efficientnet_lite0", "weights": "random" if random_weights else "bundled",
                         "resize": 128, "crop": 128}
     (job_id,) = queries.create_jobs(
         [queries.JobRequest(method=method, dataset=dataset, root=root, categories=[category], config=config,
-                            preset=preset, seed=seed)],
+                            preset=preset, seed=seed, split=dict(split or {"kind": "standard", "seed": None}))],
         group_id=group_id, url=url,
     )
     job = queries.claim_job(job_id, host="synthetic", device="cpu", url=url)
@@ -60,6 +61,10 @@ def store_job(
         category=category, metrics=dict(metrics), images=list(images),
         timings=dict(timings or {"fit_s": 2.0, "predict_s": 1.0, "images_per_s": 20.0, "peak_rss_mb": 900.0}),
         maps_path=maps_path,
+        split=None if split_hash is None else queries.SplitInfo(
+            content_hash=split_hash, n_train=10, n_test=len(images), n_test_good=sum(i.label == 0 for i in images),
+            n_test_anomalous=sum(i.label == 1 for i in images), has_masks=True,
+        ),
     )
     record = {
         "metric_version": metric_version, "packages": {"python": "3.11"}, "git_commit": "synthetic", "seed": seed,

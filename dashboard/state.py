@@ -1,9 +1,9 @@
 """What the dashboard pages *do*: build and submit job matrices, cancel, re-run, launch the demo.
 
 Pages only render; every action goes through here and through `db.queries` (no SQL in the dashboard).
-`submit_matrix` is the single place where jobs reach the broker, and does exactly what `iad submit` does:
-create the rows (all or none), publish one message per job, and cancel the rows again if the broker is
-unreachable so that no queued job waits for a message that will never come.
+Jobs are planned by `workers.planner.plan_jobs` and sent by `workers.celery_app.submit_jobs`, exactly as
+`iad submit` does: create the rows (all or none), publish one message per job, and cancel the rows again if
+the broker is unreachable so that no queued job waits for a message that will never come.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from db import queries
 from db.models import Job
 from workers.celery_app import SubmitError  # noqa: F401  (re-exported: pages catch state.SubmitError)
+from workers.planner import MatrixPlan, plan_jobs  # noqa: F401  (the one planner; pages plan through it)
 
 # The first-run demo: a couple of fast methods on the generated demo data, one seed.
 DEMO_METHOD_CANDIDATES = ("patchcore", "reconpatch")
@@ -36,18 +36,6 @@ DEMO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 
-@dataclass
-class MatrixPlan:
-    """A validated launch: the job requests, or the reasons (per method or field) it cannot be launched."""
-
-    requests: list[queries.JobRequest] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.requests) and not self.errors
-
-
 def parse_seeds(text: str) -> list[int]:
     """'0 1 2', '0,1,2' or '0-4' -> distinct seeds in order. Raises ValueError on anything else."""
     seeds: list[int] = []
@@ -64,53 +52,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ValueError("give at least one seed")
     return list(dict.fromkeys(seeds))
-
-
-def plan_matrix(
-    methods: Sequence[str],
-    dataset: str,
-    root: str,
-    categories: Sequence[str],
-    seeds: Sequence[int],
-    preset: str | None = None,
-    device: str = "cpu",
-    backbone: str | None = None,
-    weights: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> MatrixPlan:
-    """One job per method x category x seed, each method's config validated by `RunSpec.validate`."""
-    from ad_core.backbones import WeightsError
-    from ad_core.data import DatasetError
-    from ad_core.methods.base import ConfigError
-    from ad_core.runner import RunSpec
-    from workers.settings import queue_for_device
-
-    plan = MatrixPlan()
-    if not methods:
-        plan.errors["methods"] = "choose at least one method"
-    if not categories:
-        plan.errors["categories"] = "choose at least one category"
-    if not seeds:
-        plan.errors["seeds"] = "give at least one seed"
-    if plan.errors:
-        return plan
-    root = str(Path(root).expanduser())
-    for method in dict.fromkeys(methods):
-        spec = RunSpec(method=method, dataset=dataset, root=root, categories=list(categories), backbone=backbone or None,
-                       weights=weights or None, preset=preset or None, seed=seeds[0], device=device,
-                       overrides=dict(overrides or {}))
-        try:
-            config = spec.validate().to_dict()
-        except (ConfigError, DatasetError, WeightsError) as exc:
-            plan.errors[method] = str(exc)
-            continue
-        for category in categories:
-            for seed in seeds:
-                plan.requests.append(queries.JobRequest(
-                    method=method, dataset=dataset, root=root, categories=[category], config=config,
-                    preset=preset or None, seed=seed, device=device, queue=queue_for_device(device),
-                ))
-    return plan
 
 
 def submit_matrix(requests: Sequence[queries.JobRequest], group_id: str | None = None) -> tuple[str, list[int]]:
@@ -140,6 +81,7 @@ def request_of(job: Job, seed: int | None = None, categories: list[str] | None =
         method=job.method, dataset=job.dataset.kind, root=job.dataset.root,
         categories=list(categories if categories is not None else job.categories), config=dict(job.config),
         preset=job.preset, seed=job.seed if seed is None else seed, device=job.device, queue=job.queue,
+        split=dict(job.split or {}),
     )
 
 
@@ -152,17 +94,21 @@ def rerun(job_ids: Iterable[int]) -> tuple[str, list[int]]:
     return submit_matrix([request_of(j) for j in jobs], group_id=group)
 
 
-def _cell_key(job: Job) -> tuple:
-    from db.leaderboard import config_hash
+def _variant_key(job: Job) -> tuple:
+    """What makes two jobs cells of the same matrix row: method, data, preset, config, device, split recipe."""
+    from ad_core.analysis.leaderboard import config_hash
+    from ad_core.splits import SplitSpec
 
-    return (job.method, job.dataset.kind, job.dataset.root, job.preset, config_hash(job.config), job.device)
+    return (job.method, job.dataset.kind, job.dataset.root, job.preset, config_hash(job.config), job.device,
+            SplitSpec.from_dict(job.split).key)
 
 
 def missing_cells(group_id: str) -> list[queries.JobRequest]:
     """Cells of a matrix (method variant x category x seed) with no succeeded, queued or running job.
 
     The matrix is the full cross product of the variants, categories and seeds seen in the group, so a
-    cell that failed, was cancelled, or was never created is "missing".
+    cell that failed, was cancelled, or was never created is "missing". A multi-class variant's cell is
+    one job over all of its categories (one model), so it comes back whole.
     """
     jobs = queries.list_jobs(group_id=group_id, limit=None)
     if not jobs:
@@ -172,18 +118,20 @@ def missing_cells(group_id: str) -> list[queries.JobRequest]:
     seeds: list[int] = []
     done: set[tuple] = set()
     for job in sorted(jobs, key=lambda j: j.id):
-        key = _cell_key(job)
+        key = _variant_key(job)
         variants.setdefault(key, job)
         categories.extend(job.categories)
         seeds.append(job.seed)
         if job.status in ("succeeded", "queued", "running"):
-            done.update((key, c, job.seed) for c in job.categories)
+            done.add((key, tuple(job.categories), job.seed))
     cells = []
     for key, template in variants.items():
-        for category in dict.fromkeys(categories):
+        shared = len(template.categories) > 1
+        units = [tuple(template.categories)] if shared else [(c,) for c in dict.fromkeys(categories)]
+        for unit in units:
             for seed in dict.fromkeys(seeds):
-                if (key, category, seed) not in done:
-                    cells.append(request_of(template, seed=seed, categories=[category]))
+                if (key, unit, seed) not in done:
+                    cells.append(request_of(template, seed=seed, categories=list(unit)))
     return cells
 
 
@@ -231,8 +179,8 @@ def launch_demo() -> tuple[str, list[int]]:
     requests, errors = [], {}
     for method in demo_methods():
         overrides = DEMO_OVERRIDES[demo_size()].get(method, {})
-        plan = plan_matrix([method], "demo", str(root), list(DEMO_CATEGORIES), [0], preset=DEMO_PRESET,
-                           overrides=overrides)
+        plan = plan_jobs([method], "demo", str(root), list(DEMO_CATEGORIES), [0], preset=DEMO_PRESET,
+                         overrides=overrides)
         requests += plan.requests
         errors.update(plan.errors)
     if errors or not requests:

@@ -10,18 +10,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ad_core.analysis import leaderboard as lb
+from ad_core.catalog import METRICS
 from dashboard import state
-from db import leaderboard as lb
+from dashboard.pages import REGISTRY
 from db import queries
+from db import results as db_results
 from db.models import Job
 
-PAGES = {
-    "leaderboard": "pages/leaderboard.py",
-    "launch": "pages/launch.py",
-    "jobs": "pages/jobs.py",
-    "run_detail": "pages/run_detail.py",
-    "export": "pages/export.py",
-}
+PAGES = {page.key: page.file for page in REGISTRY}  # key -> file for st.switch_page / st.page_link
 # Material icons (rendered by Streamlit itself; emoji fonts are missing on many Linux desktops).
 STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
                 "succeeded": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/block:"}
@@ -81,12 +78,14 @@ class View:
     categories: list[str]
     include_random: bool
     transpose: bool
+    split: str | None = None  # split key; None = the default (standard when present)
+    split_label: str | None = None
 
     def board(self, results: pd.DataFrame) -> lb.Leaderboard:
-        timings = lb.timings_frame(results["job_id"].unique().tolist()) if len(results) else None
+        timings = db_results.timings_frame(results["job_id"].unique().tolist()) if len(results) else None
         return lb.build_leaderboard(
             results, self.metric, self.metric_version, self.methods or None, self.categories or None,
-            self.include_random, timings, dataset=self.dataset,
+            self.include_random, timings, dataset=self.dataset, split=self.split,
         )
 
     def cli(self) -> str:
@@ -98,6 +97,8 @@ class View:
             parts.append("--methods " + " ".join(self.methods))
         if self.categories:
             parts.append("--categories " + " ".join(self.categories))
+        if self.split_label and self.split_label != "standard":
+            parts.append(f"--split '{self.split_label}'")
         if not self.include_random:
             parts.append("--no-random")
         if self.transpose:
@@ -111,7 +112,7 @@ def _index(options: list, value: object, default: int = 0) -> int:
 
 def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
     """Dataset/metric/filter widgets; returns the view and its results frame (None: no results yet)."""
-    choices = lb.dataset_choices()
+    choices = db_results.dataset_choices()
     if choices.empty:
         return None
     saved = st.session_state.get(VIEW_KEY, {})
@@ -122,10 +123,10 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
         "Dataset", datasets, index=_index(datasets, (saved.get("dataset"), saved.get("root"))),
         format_func=lambda d: f"{d[0]} · {d[1]} ({jobs_per[d]} jobs)", key=f"{prefix}_dataset",
     )
-    metrics = list(lb.METRICS)
+    metrics = list(METRICS)
     metric = c2.selectbox("Metric", metrics, index=_index(metrics, saved.get("metric")),
-                          format_func=lb.METRICS.get, key=f"{prefix}_metric")
-    results = lb.results_frame(dataset=kind, root=root, metrics=[metric])
+                          format_func=METRICS.get, key=f"{prefix}_metric")
+    results = db_results.results_frame(dataset=kind, root=root, metrics=[metric])
     versions = list(results.sort_values("finished_at")["metric_version"].drop_duplicates())[::-1]
     version = versions[0] if versions else None
     if len(versions) > 1:
@@ -133,6 +134,18 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
                                key=f"{prefix}_version")
     else:
         c3.text_input("Metric version", value=version or "–", disabled=True, key=f"{prefix}_version_fixed")
+    split_key, split_label = None, None
+    if len(results):
+        recipes = results.drop_duplicates("split_key").set_index("split_key")["split_label"]
+        keys = sorted(recipes.index, key=lambda k: (k != lb.STANDARD_SPLIT_KEY, recipes[k]))
+        split_key = keys[0]
+        if len(keys) > 1:
+            split_key = st.selectbox(
+                "Split", keys, index=_index(keys, saved.get("split")), format_func=recipes.get,
+                key=f"{prefix}_split",
+                help="Results on different splits are never pooled: each split recipe is its own table.")
+        split_label = recipes[split_key]
+        results = results[results["split_key"] == split_key]
     c4, c5, c6 = st.columns([3, 3, 2])
     method_options = sorted(results["method"].unique())
     category_options = sorted(results["category"].unique())
@@ -145,7 +158,7 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
                                help="Results from randomly initialised backbones; always marked, never ranked "
                                     "against pretrained ones.", key=f"{prefix}_random")
     transpose = c6.toggle("Categories as rows", value=saved.get("transpose", False), key=f"{prefix}_transpose")
-    view = View(kind, root, metric, version, methods, categories, include_random, transpose)
+    view = View(kind, root, metric, version, methods, categories, include_random, transpose, split_key, split_label)
     st.session_state[VIEW_KEY] = dataclasses.asdict(view)
     return view, results
 

@@ -2,7 +2,7 @@
 
 Layout: a *job* runs one method on one dataset root for one or more categories with one seed. While it
 runs only the job row changes (status, progress, heartbeat). When it succeeds, all of its result rows
-(`metrics`, `image_results`, `category_runs`, `run_records`, `splits`) are written in one transaction, so a
+(`metrics`, `image_results`, `category_runs`, `fit_units`, `run_records`, `splits`) are written in one transaction, so a
 failed, cancelled or killed job never leaves partial results behind.
 """
 
@@ -26,10 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# Defined in the catalogue; re-exported here for db.queries.
+from ad_core.catalog import FINAL_STATUSES as FINAL_STATUSES
+from ad_core.catalog import JOB_STATUSES as JOB_STATUSES
 from db.session import utcnow
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 # Deterministic constraint names: migrations stay identical on SQLite and PostgreSQL.
 NAMING = {
@@ -68,7 +68,9 @@ class Dataset(Base):
 
 
 class Split(Base):
-    """One category of a dataset as a run saw it; the content hash covers file names and sizes."""
+    """One category of a dataset as a run saw it: the content hash of its concrete lists (paths, sizes,
+    labels, masks per part), the counts, and which anomalous images a recipe moved into training. The
+    recipe itself is stored with each job (`Job.split`; a seeded recipe draws with the job's seed)."""
 
     __tablename__ = "splits"
     __table_args__ = (UniqueConstraint("dataset_id", "category", "content_hash"),)
@@ -78,6 +80,9 @@ class Split(Base):
     category: Mapped[str] = mapped_column(String(128))
     content_hash: Mapped[str] = mapped_column(String(64))
     n_train: Mapped[int]
+    n_train_anomalous: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Paths (relative to the dataset root) of the labelled anomalies in training: never evaluated.
+    train_anomalies: Mapped[list[str] | None]
     n_test: Mapped[int]
     n_test_good: Mapped[int]
     n_test_anomalous: Mapped[int]
@@ -102,6 +107,10 @@ class Job(Base):
     preset: Mapped[str | None] = mapped_column(String(64))
     # The complete, validated method config (every field), so that the worker runs exactly what was checked.
     config: Mapped[dict[str, Any]]
+    # The split recipe (`ad_core.splits.SplitSpec.to_dict()`; seed None = the job's seed).
+    split: Mapped[dict[str, Any]] = mapped_column(
+        default=lambda: {"kind": "standard", "seed": None}, server_default='{"kind": "standard", "seed": null}'
+    )
     seed: Mapped[int] = mapped_column(default=0)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     queue: Mapped[str] = mapped_column(String(128))
@@ -173,6 +182,9 @@ class CategoryRun(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     category: Mapped[str] = mapped_column(String(128))
     split_id: Mapped[int | None] = mapped_column(ForeignKey("splits.id"))
+    # Index of the fit unit (model) that produced this category's results; see FitUnitRow.
+    fit_unit: Mapped[int | None]
+    # Seconds of a fit this category had alone; NULL when its model was shared (see FitUnitRow.fit_s).
     fit_s: Mapped[float | None]
     predict_s: Mapped[float | None]
     images_per_s: Mapped[float | None]
@@ -182,6 +194,25 @@ class CategoryRun(Base):
     # Relative to IAD_ARTIFACTS so that hosts mounting shared storage at different paths agree.
     maps_path: Mapped[str | None] = mapped_column(String(1024))
     notes: Mapped[list[str]] = mapped_column(default=list)
+
+
+class FitUnitRow(Base):
+    """One fit of a job: the categories its model covers (one for one-class methods, all of the job's for
+    multi-class ones), its time and memory, recorded once, and what the method said about itself."""
+
+    __tablename__ = "fit_units"
+    __table_args__ = (UniqueConstraint("job_id", "unit_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    unit_index: Mapped[int]
+    categories: Mapped[list[str]]
+    fit_s: Mapped[float | None]
+    peak_rss_mb: Mapped[float | None]
+    peak_gpu_mb: Mapped[float | None]
+    weights_source: Mapped[str | None] = mapped_column(String(512))
+    # `AnomalyModel.describe()` without the config (e.g. ISSTAD's corruption settings).
+    details: Mapped[dict[str, Any] | None]
 
 
 class MetricValue(Base):
@@ -230,4 +261,5 @@ class RunRecord(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     config: Mapped[dict[str, Any]]
     metric_version: Mapped[str] = mapped_column(String(32))
+    threads: Mapped[int | None]  # torch intra-op threads of the worker process
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -37,6 +37,7 @@ from db.models import (
     JOB_STATUSES,
     CategoryRun,
     Dataset,
+    FitUnitRow,
     ImageResultRow,
     Job,
     JobProgress,
@@ -109,7 +110,8 @@ def ensure_dataset(session: Session, kind: str, root: str) -> int:
 
 @dataclass
 class SplitInfo:
-    """What a run saw of one category: content hash of file names + sizes, and the counts."""
+    """What a run saw of one category: the content hash of its concrete lists (computed by ad_core from the
+    lists the run used), the counts and the labelled anomalies in training (paths relative to the root)."""
 
     content_hash: str
     n_train: int
@@ -117,6 +119,8 @@ class SplitInfo:
     n_test_good: int
     n_test_anomalous: int
     has_masks: bool
+    n_train_anomalous: int = 0
+    train_anomalies: list[str] | None = None
 
 
 def ensure_split(session: Session, dataset_id: int, category: str, info: SplitInfo) -> int:
@@ -161,6 +165,7 @@ class JobRequest:
     seed: int = 0
     device: str = "cpu"
     queue: str = "cpu"
+    split: dict[str, Any] = field(default_factory=lambda: {"kind": "standard", "seed": None})
 
 
 def create_jobs(
@@ -180,7 +185,7 @@ def create_jobs(
             dataset_id = ensure_dataset(s, req.dataset, req.root)
             job = Job(
                 method=req.method, dataset_id=dataset_id, categories=list(req.categories), preset=req.preset,
-                config=dict(req.config), seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
+                config=dict(req.config), split=dict(req.split), seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
                 launched_by=launched_by, status="queued", progress=0.0, message="queued", attempts=0,
                 max_attempts=max_attempts, cancel_requested=False, created_at=utcnow(),
             )
@@ -201,7 +206,7 @@ def delete_jobs(job_ids: Iterable[int], url: str | None = None) -> list[int]:
     job_ids = list(job_ids)
     with _session(url) as s:
         doomed = list(s.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(FINAL_STATUSES))))
-        for table in (MetricValue, ImageResultRow, CategoryRun, RunRecord, JobProgress):
+        for table in (MetricValue, ImageResultRow, CategoryRun, FitUnitRow, RunRecord, JobProgress):
             s.execute(delete(table).where(table.job_id.in_(doomed)))
         s.execute(delete(Job).where(Job.id.in_(doomed)))
     for job_id in doomed:
@@ -364,6 +369,20 @@ class CategoryOutcome:
     maps_path: str | None
     split: SplitInfo | None = None
     notes: list[str] = field(default_factory=list)
+    fit_unit: int | None = None
+
+
+@dataclass
+class FitUnitOutcome:
+    """One fit of a job (ad_core UnitResult): categories, time and memory recorded once, method details."""
+
+    index: int
+    categories: list[str]
+    fit_s: float | None
+    peak_rss_mb: float | None
+    peak_gpu_mb: float | None = None
+    weights_source: str | None = None
+    details: dict[str, Any] | None = None
 
 
 def complete_job(
@@ -372,6 +391,7 @@ def complete_job(
     outcomes: Sequence[CategoryOutcome],
     record: Mapping[str, Any],
     config: Mapping[str, Any],
+    units: Sequence[FitUnitOutcome] = (),
     url: str | None = None,
 ) -> bool:
     """Write every result row and mark the job succeeded, in ONE transaction.
@@ -399,7 +419,7 @@ def complete_job(
                 split_id = ensure_split(s, dataset_id, out.category, out.split) if out.split else None
                 t = out.timings
                 s.add(CategoryRun(
-                    job_id=job_id, category=out.category, split_id=split_id, fit_s=t.get("fit_s"),
+                    job_id=job_id, category=out.category, split_id=split_id, fit_unit=out.fit_unit, fit_s=t.get("fit_s"),
                     predict_s=t.get("predict_s"), images_per_s=t.get("images_per_s"), peak_rss_mb=t.get("peak_rss_mb"),
                     peak_gpu_mb=t.get("peak_gpu_mb"), n_images=len(out.images), maps_path=out.maps_path,
                     notes=list(out.notes),
@@ -415,8 +435,15 @@ def complete_job(
                                    map_index=i if out.maps_path else None)
                     for i, img in enumerate(out.images)
                 )
+            s.add_all(
+                FitUnitRow(job_id=job_id, unit_index=u.index, categories=list(u.categories), fit_s=u.fit_s,
+                           peak_rss_mb=u.peak_rss_mb, peak_gpu_mb=u.peak_gpu_mb, weights_source=u.weights_source,
+                           details=_jsonable(u.details))
+                for u in units
+            )
             s.add(RunRecord(
                 job_id=job_id, packages=dict(record["packages"]), git_commit=str(record["git_commit"]),
+                threads=record.get("threads"),
                 weights_source=str(record["weights_source"]), random_weights=bool(record["random_weights"]),
                 seed=int(record["seed"]), device=str(record["device"]), host=record.get("host"), config=dict(config),
                 metric_version=version, created_at=now,
@@ -442,6 +469,13 @@ def mark_cancelled(job_id: int, attempt: int, url: str | None = None) -> bool:
             update(Job).where(*_mine(job_id, attempt))
             .values(status="cancelled", message="cancelled while running", finished_at=utcnow())
         ).rowcount == 1
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy (tuples -> lists, numpy scalars -> Python numbers, anything else -> str)."""
+    import json
+
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
 def _finite(value: float | None) -> float | None:
@@ -559,6 +593,11 @@ def image_results(job_id: int, category: str | None = None, url: str | None = No
         return list(s.scalars(query.order_by(ImageResultRow.category, ImageResultRow.map_index, ImageResultRow.id)))
 
 
+def fit_units(job_id: int, url: str | None = None) -> list[FitUnitRow]:
+    with _session(url) as s:
+        return list(s.scalars(select(FitUnitRow).where(FitUnitRow.job_id == job_id).order_by(FitUnitRow.unit_index)))
+
+
 def category_runs(job_id: int, url: str | None = None) -> list[CategoryRun]:
     with _session(url) as s:
         return list(s.scalars(select(CategoryRun).where(CategoryRun.job_id == job_id).order_by(CategoryRun.category)))
@@ -574,5 +613,5 @@ def result_counts(job_id: int, url: str | None = None) -> dict[str, int]:
     with _session(url) as s:
         return {
             table.__tablename__: s.execute(select(func.count()).select_from(table).where(table.job_id == job_id)).scalar_one()
-            for table in (MetricValue, ImageResultRow, CategoryRun, RunRecord)
+            for table in (MetricValue, ImageResultRow, CategoryRun, FitUnitRow, RunRecord)
         }

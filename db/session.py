@@ -43,7 +43,8 @@ def database_url() -> str:
     url = os.environ.get("IAD_DATABASE_URL")
     if url:
         return url
-    return f"sqlite:///{app_home() / 'iad.sqlite'}"
+    # Not created here: `make_engine` creates the SQLite file's folder when it first connects.
+    return f"sqlite:///{app_home(create=False) / 'iad.sqlite'}"
 
 
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -101,7 +101,7 @@ def test_a_real_job_run_in_process_shows_up_everywhere(iad_env: Path, demo_root:
     from dashboard import state
     from workers.jobs import execute_job
 
-    plan = state.plan_matrix(["patchcore"], "demo", str(demo_root), ["grass"], [0], preset="fast",
+    plan = state.plan_jobs(["patchcore"], "demo", str(demo_root), ["grass"], [0], preset="fast",
                              weights="random", overrides={"resize": 64, "crop": 64, "coreset_ratio": 0.1})
     assert plan.ok, plan.errors
     (job_id,) = queries.create_jobs(plan.requests)

@@ -80,7 +80,8 @@ def test_folder_loader_counts_labels_and_masks(tmp_path: Path) -> None:
     cat = make_mvtec_tree(tmp_path, n_train=3, n_good=2, defects={"crack": 2, "dent": 1})
     split = load_split("folder", tmp_path, "widget")
 
-    assert split.counts() == {"train": 3, "test": 5, "test_good": 2, "test_anomalous": 3}
+    assert split.counts() == {"train": 3, "train_anomalous": 0, "test": 5, "test_good": 2, "test_anomalous": 3}
+    assert {s.category for s in [*split.train, *split.test]} == {"widget"}  # samples carry their class
     assert split.dataset == "folder" and split.category == "widget" and split.has_masks
     assert all(s.label == 0 and s.defect_type == "good" and s.mask_path is None for s in split.train)
     by_type = {(s.defect_type, s.label) for s in split.test}
@@ -162,7 +163,8 @@ def test_btad_mixed_bmp_png_pairing(tmp_path: Path) -> None:
     write_mask(gt / "0002_mask.png", box=(8, 8, 12, 12))
 
     split = load_split("btad", tmp_path, "01")
-    assert split.counts() == {"train": 3, "test": 5, "test_good": 2, "test_anomalous": 3}
+    assert split.counts() == {"train": 3, "train_anomalous": 0, "test": 5, "test_good": 2, "test_anomalous": 3}
+    assert {s.category for s in [*split.train, *split.test]} == {"01"}
     assert {(s.defect_type, s.label) for s in split.test} == {("good", 0), ("ko", 1)}
     pairs = {Path(s.path).name: Path(s.mask_path).name for s in split.test if s.label == 1}
     assert pairs == {"0000.bmp": "0000.png", "0001.png": "0001.bmp", "0002.bmp": "0002_mask.png"}
@@ -351,7 +353,7 @@ def test_demo_layout_and_counts(small_demo: Path) -> None:
     assert list_categories("demo", small_demo) == list(DEMO_CATEGORIES)
     for category in DEMO_CATEGORIES:
         split = load_split("demo", small_demo, category)
-        assert split.counts() == {"train": 4, "test": 6, "test_good": 2, "test_anomalous": 4}
+        assert split.counts() == {"train": 4, "train_anomalous": 0, "test": 6, "test_good": 2, "test_anomalous": 4}
         assert sorted(s.defect_type for s in split.test if s.label == 1) == sorted(DEMO_DEFECT_TYPES)
         assert split.has_masks and all(s.mask_path is not None for s in split.test if s.label == 1)
         with Image.open(split.train[0].path) as img:
@@ -446,7 +448,7 @@ def test_demo_fixture_is_loadable(demo_root: Path, demo_params: dict) -> None:
 
 def test_mvtec_bottle_real_counts(mvtec_bottle_root: Path) -> None:
     split = load_split("mvtec", mvtec_bottle_root, "bottle")
-    assert split.counts() == {"train": 209, "test": 83, "test_good": 20, "test_anomalous": 63}
+    assert split.counts() == {"train": 209, "train_anomalous": 0, "test": 83, "test_good": 20, "test_anomalous": 63}
     assert split.has_masks
     for sample in split.test:
         if sample.label == 0:

@@ -21,7 +21,7 @@ from db.session import current_revision, get_engine, head_revision, init_db, tab
 db_url = jobs_helpers.db_url
 postgres_db = jobs_helpers.postgres_db
 
-RESULT_TABLES = ("metrics", "image_results", "category_runs", "run_records")
+RESULT_TABLES = ("metrics", "image_results", "category_runs", "fit_units", "run_records")
 
 
 def _request(**kw) -> queries.JobRequest:
@@ -124,7 +124,7 @@ def test_job_life_cycle_and_results(db_url: str) -> None:
     done = queries.get_job(ids[0], url=db_url)
     assert (done.status, done.progress, done.finished_at is not None) == ("succeeded", 1.0, True)
     assert queries.result_counts(ids[0], url=db_url) == {"metrics": 6, "image_results": 5, "category_runs": 2,
-                                                         "run_records": 1}
+                                                         "fit_units": 0, "run_records": 1}
     frame = queries.metrics_frame(group_id="g1", url=db_url)
     assert set(frame.category) == {"brick", "grass"} and set(frame.metric) == {"image_auroc", "pixel_auroc", "aupro"}
     values = frame.set_index(["category", "metric"]).value

@@ -13,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard.cli import main as export_main
+from ad_core.analysis import export
+from ad_core.analysis import leaderboard as lb
 from dashboard.sample_data import Image, store_job
-from db import export
-from db import leaderboard as lb
+from db import results
+from workers.cli import main as export_main
 
 IMAGES = [Image(f"/data/x/{i}.png", i % 2, "good" if i % 2 == 0 else "scratch", 0.1 * i) for i in range(4)]
 
@@ -48,7 +49,7 @@ def board(url: str) -> lb.Leaderboard:
             jitter = 0.01 * seed
             put(method, "bottle", seed, a - jitter, random_weights=method == "isstad")
             put(method, "metal_nut", seed, b - jitter, random_weights=method == "isstad")
-    return lb.leaderboard("mvtec", "image_auroc")
+    return results.leaderboard("mvtec", "image_auroc")
 
 
 # --- leaderboard rules ---------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_mean_std_over_seeds_and_ranking(board: lb.Leaderboard) -> None:
 def test_rerun_replaces_and_never_counts_as_a_seed(url: str) -> None:
     put("patchcore", "bottle", 0, 0.5)
     put("patchcore", "bottle", 0, 0.9)  # re-run of the same cell: the latest wins
-    board = lb.leaderboard("mvtec", "image_auroc")
+    board = results.leaderboard("mvtec", "image_auroc")
     assert board.n.at["patchcore (fast)", "bottle"] == 1
     assert board.mean.at["patchcore (fast)", "bottle"] == pytest.approx(0.9)
     assert board.cell("patchcore (fast)", "bottle") == "0.900"  # one seed: no ± part
@@ -83,18 +84,44 @@ def test_metric_versions_and_configs_are_never_mixed(url: str) -> None:
     put("patchcore", "bottle", 0, 0.9, metric_version="iad-metrics-0")
     put("patchcore", "bottle", 0, 0.8)
     put("patchcore", "bottle", 0, 0.7, config={"backbone": "wide_resnet50_2", "crop": 224})
-    board = lb.leaderboard("mvtec", "image_auroc")
+    board = results.leaderboard("mvtec", "image_auroc")
     assert board.metric_version == "iad-metrics-1" and board.other_versions == ["iad-metrics-0"]
     assert len(board.mean) == 2 and all(re.fullmatch(r"patchcore \(fast\) #[0-9a-f]{8}", r) for r in board.mean.index)
-    old = lb.leaderboard("mvtec", "image_auroc", metric_version="iad-metrics-0")
+    old = results.leaderboard("mvtec", "image_auroc", metric_version="iad-metrics-0")
     assert old.mean.iloc[0, 0] == pytest.approx(0.9)
+
+
+def test_split_recipes_are_never_pooled_and_changed_data_is_left_out(url: str) -> None:
+    few_shot = {"kind": "few_shot", "k": 10, "setting": "general", "defect_type": None, "seed": None}
+    put("patchcore", "bottle", 0, 0.90, split_hash="a" * 64)
+    put("patchcore", "bottle", 1, 0.80, split_hash="a" * 64)
+    put("patchcore", "bottle", 0, 0.50, split=few_shot, split_hash="b" * 64)
+    put("padim", "bottle", 0, 0.70, split_hash="a" * 64)
+
+    board = results.leaderboard("mvtec", "image_auroc")
+    assert (board.split_label, board.other_splits, board.excluded) == ("standard", ["few_shot(k=10, general)"], 0)
+    assert board.n.at["patchcore (fast)", "bottle"] == 2  # the few-shot result is not a third seed
+    assert board.mean.at["patchcore (fast)", "bottle"] == pytest.approx(0.85)
+    few = results.leaderboard("mvtec", "image_auroc", split="few_shot(k=10, general)")
+    assert list(few.mean.index) == ["patchcore (fast)"] and few.mean.iat[0, 0] == pytest.approx(0.5)
+    assert "k=10 labelled anomalies per class" in few.caption() and set(few.long()["split"]) == {few.split_label}
+    with pytest.raises(ValueError, match="no results on split 'long_tail'"):
+        results.leaderboard("mvtec", "image_auroc", split="long_tail")
+
+    # The folder changed on disk: a newer run of (bottle, seed 0) saw other files. Results of that class and
+    # seed on the old files are left out rather than compared with the new ones.
+    put("padim", "bottle", 0, 0.60, split_hash="c" * 64)
+    board = results.leaderboard("mvtec", "image_auroc")
+    assert board.excluded == 2  # patchcore's and padim's seed-0 runs on the old files
+    assert board.n.at["patchcore (fast)", "bottle"] == 1 and board.mean.at["patchcore (fast)", "bottle"] == 0.8
+    assert board.mean.at["padim (fast)", "bottle"] == pytest.approx(0.60)
 
 
 def test_incomplete_rows_are_flagged_and_not_ranked_on_the_mean(url: str) -> None:
     put("patchcore", "bottle", 0, 0.9)
     put("patchcore", "cable", 0, 0.8)
     put("padim", "bottle", 0, 0.99)  # no cable result
-    board = lb.leaderboard("mvtec", "image_auroc")
+    board = results.leaderboard("mvtec", "image_auroc")
     assert board.incomplete == ["padim (fast)"]
     assert board.rank.at["padim (fast)", "mean"] == 0 and board.rank.at["patchcore (fast)", "mean"] == 1
     assert board.cell("padim (fast)", "mean").endswith("†") and board.cell("padim (fast)", "cable") == "–"
@@ -104,14 +131,30 @@ def test_incomplete_rows_are_flagged_and_not_ranked_on_the_mean(url: str) -> Non
 def test_filters_and_datasets(url: str) -> None:
     put("patchcore", "bottle", 0, 0.9)
     put("patchcore", "01", 0, 0.8, dataset="btad", root="/data/btad")
-    assert lb.leaderboard("btad", "image_auroc").categories == ["01"]
-    assert lb.leaderboard("mvtec", "image_auroc", methods=["padim"]).empty
-    choices = lb.dataset_choices()
+    assert results.leaderboard("btad", "image_auroc").categories == ["01"]
+    assert results.leaderboard("mvtec", "image_auroc", methods=["padim"]).empty
+    choices = results.dataset_choices()
     assert set(choices["kind"]) == {"mvtec", "btad"}
 
 
+def test_image_scores_of_many_jobs_in_one_frame(url: str) -> None:
+    a = put("patchcore", "bottle", 0, 0.9)
+    b = put("padim", "bottle", 0, 0.8)
+    put("padim", "cable", 0, 0.7)  # not asked for
+    frame = results.image_scores_frame([b, a])
+    assert list(frame.columns) == ["job_id", "category", "path", "label", "defect_type", "score"]
+    assert frame["job_id"].tolist() == [a] * 4 + [b] * 4 and set(frame["category"]) == {"bottle"}
+    first = frame[frame["job_id"] == a]
+    assert first["path"].tolist() == [img.path for img in IMAGES]
+    assert first["label"].tolist() == [img.label for img in IMAGES]
+    assert first["defect_type"].tolist() == [img.defect_type for img in IMAGES]
+    assert first["score"].tolist() == pytest.approx([img.score for img in IMAGES])
+    empty = results.image_scores_frame([])
+    assert empty.empty and list(empty.columns) == list(frame.columns)
+
+
 def test_empty_database_gives_an_empty_board(url: str) -> None:
-    board = lb.leaderboard("mvtec", "image_auroc")
+    board = results.leaderboard("mvtec", "image_auroc")
     assert board.empty
     with pytest.raises(ValueError, match="empty"):
         export.to_latex(board)
@@ -149,7 +192,7 @@ def test_latex_is_structurally_valid_booktabs(board: lb.Leaderboard) -> None:
     assert isstad.startswith(r"isstad (fast)$^\ddagger$") and r"\textbf" not in isstad
     assert "metal\\_nut" in latex and "metal_nut" not in latex.replace("metal\\_nut", "")
     caption = re.search(r"\\caption\{(.*)\}", latex).group(1)
-    for needle in ("Image AUROC", "on mvtec", "protocol: one-class", "2 seeds", "metric version iad-metrics-1",
+    for needle in ("Image AUROC", "on mvtec", "split: standard (the dataset as downloaded", "2 seeds", "metric version iad-metrics-1",
                    r"$^\ddagger$ random backbone weights"):
         assert needle in caption
     assert "⚠" not in latex and "±" not in latex  # pdflatex-safe

@@ -12,16 +12,21 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from ad_core.errors import WeightsError
 from ad_core.methods.base import AnomalyModel, ConfigError, get_method
-from ad_core.methods.isstad import ISSTAD, ISSTADConfig, isstad_scores
-from ad_core.methods.isstad_augment import (
+from ad_core.methods.isstad import (
+    ISSTAD,
     CorruptionSettings,
+    EncoderWeightsError,
+    ISSTADConfig,
+    IsstadMAE,
     corrupt,
     foreground_box,
+    isstad_scores,
+    load_pretrained_encoder,
     random_resized_crop_flip,
     shape_mask,
 )
-from ad_core.methods.isstad_mae import EncoderWeightsError, IsstadMAE, load_pretrained_encoder
 
 TINY = dict(
     resize=32,
@@ -55,11 +60,13 @@ def normalised(unit: torch.Tensor) -> torch.Tensor:
     return (unit - mean) / std
 
 
-def loader_of(images: torch.Tensor, batch: int = 4) -> list[dict]:
+def loader_of(images: torch.Tensor, batch: int = 4, category: str = "bottle") -> list[dict]:
+    """Batches as ImageDataset + torch's default collate make them (string fields become lists)."""
     return [
         {
             "image": normalised(images[i : i + batch]),
-            "path": [f"/data/demo/train/good/{j}.png" for j in range(batch)],
+            "path": [f"/data/demo/train/good/{j}.png" for j in range(len(images[i : i + batch]))],
+            "category": [category] * len(images[i : i + batch]),
         }
         for i in range(0, len(images), batch)
     ]
@@ -252,6 +259,36 @@ def test_predict_before_fit_raises() -> None:
         model.predict(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.parametrize(
+    "category, per_category, expected",
+    [
+        ("zipper", True, {"max_shapes": 3, "area_limit": False, "remove_black": True}),
+        ("capsule", True, {"max_shapes": 1, "area_limit": False, "remove_black": False}),
+        ("bottle", True, {"max_shapes": 3, "area_limit": True, "remove_black": False}),
+        ("brick", True, {"max_shapes": 3, "area_limit": True, "remove_black": False}),
+        ("zipper", False, {"max_shapes": 3, "area_limit": True, "remove_black": False}),
+    ],
+)
+def test_corruption_settings_follow_the_batches_category(category, per_category, expected) -> None:
+    """The official per-category corruption comes from the loader's "category", not from the image paths."""
+    torch.manual_seed(0)
+    config = ISSTADConfig.build(
+        "fast", **TINY, stage1_epochs=0, stage2_epochs=1, corruption_per_category=per_category
+    )
+    model = ISSTAD(config)
+    model.fit(loader_of(train_images(4), category=category))
+    recorded = model.corruption_settings
+    assert {k: recorded[k] for k in expected} == expected
+    assert recorded["category"] == (category if per_category else None)
+
+
+def test_several_categories_in_one_fit_raise() -> None:
+    model = ISSTAD(ISSTADConfig.build("fast", **TINY, stage1_epochs=0, stage2_epochs=1))
+    batches = loader_of(train_images(4), category="zipper") + loader_of(train_images(4), category="carpet")
+    with pytest.raises(ValueError, match="one model per category"):
+        model.fit(batches)
+
+
 # --- weights ----------------------------------------------------------------------------------------------
 def test_encoder_weights_from_a_checkpoint_file(tmp_path) -> None:
     torch.manual_seed(0)
@@ -268,6 +305,25 @@ def test_encoder_weights_from_a_checkpoint_file(tmp_path) -> None:
     assert not torch.equal(target.decoder_blocks[1].mlp.fc1.weight, source.decoder_blocks[1].mlp.fc1.weight)
     with pytest.raises(EncoderWeightsError):
         load_pretrained_encoder(IsstadMAE(32, 8, 64, 2, 2, 32, 2, 2, 1), "none", str(path))
+
+
+def test_encoder_weights_errors_are_weights_errors_that_say_the_fix(tmp_path) -> None:
+    """Missing file, unreadable file, wrong encoder: a WeightsError (as the backbones raise), one line, with the fix."""
+    good = tmp_path / "mae.pth"
+    torch.save({"model": IsstadMAE(32, 8, 32, 2, 2, 32, 2, 2, 1).state_dict()}, good)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    for model, weights in (
+        (IsstadMAE(32, 8, 32, 2, 2, 32, 2, 2, 1), str(tmp_path / "missing.pth")),
+        (IsstadMAE(32, 8, 32, 2, 2, 32, 2, 2, 1), str(junk)),
+        (IsstadMAE(32, 8, 64, 2, 2, 32, 2, 2, 1), str(good)),
+        (IsstadMAE(32, 8, 32, 3, 2, 32, 2, 2, 1), str(good)),
+    ):
+        with pytest.raises(WeightsError) as info:
+            load_pretrained_encoder(model, "none", weights)
+        message = str(info.value)
+        assert isinstance(info.value, EncoderWeightsError)
+        assert "\n" not in message and "--weights PATH" in message and "--weights random" in message
 
 
 def test_timm_vit_weights_map_onto_the_encoder(monkeypatch) -> None:

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from ad_core.methods import ConfigError, get_method
-from ad_core.methods.patchcore import (
+from ad_core.components import (
     NearestNeighbourScorer,
-    PatchCoreConfig,
     PatchFeatures,
     approximate_greedy_coreset,
     scores_to_prediction,
 )
+from ad_core.methods import ConfigError, get_method
+from ad_core.methods.patchcore import PatchCoreConfig
 
 
 def reference_coreset(features, ratio, projection_dim, start_points, seed):
@@ -68,8 +68,7 @@ def test_scores_to_prediction_definition():
 
 def test_patch_features_aggregate_local_neighbourhoods():
     """The 3x3 aggregation equals a direct neighbourhood gather, and pooling follows the official layout."""
-    cfg = PatchCoreConfig(backbone="resnet18", weights="random", pretrain_embed_dim=64, target_embed_dim=32, crop=64)
-    pf = PatchFeatures(cfg, torch.device("cpu"))
+    pf = PatchFeatures("resnet18", "random", pretrain_embed_dim=64, target_embed_dim=32, device="cpu")
     feature = torch.randn(1, 4, 5, 5)
     patches = pf._patchify(feature)  # [1,5,5,36]
     padded = F.pad(feature, (1, 1, 1, 1))

@@ -11,21 +11,18 @@ import pytest
 import torch
 
 import ad_core.methods.reconpatch  # noqa: F401  (registers "reconpatch")
+from ad_core.components import MAD_BETA, modified_z_score, robust_stats, scores_to_prediction
 from ad_core.methods.base import AnomalyModel, ConfigError, get_method
-from ad_core.methods.patchcore import scores_to_prediction
 from ad_core.methods.reconpatch import (
-    MAD_BETA,
     ReConPatch,
     ReConPatchConfig,
     contextual_similarity,
     ema_update,
     knn_indices,
-    modified_z_score,
     pairwise_similarity,
     pseudo_labels,
     reciprocal_half,
     relaxed_contrastive_loss,
-    robust_stats,
 )
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ad_core import metrics
-from ad_core.cli import main as core_main
 from ad_core.methods import ConfigError
 from ad_core.runner import Cancelled, RunSpec, run
+from workers.cli import main as core_main
 
 TINY = {"resize": 64, "crop": 64, "coreset_ratio": 0.1}
 
@@ -148,8 +148,8 @@ def test_every_registered_method_runs_through_the_runner(demo_root, method):
     assert result.provenance["weights_source"] and result.config["crop"] == 64
 
 
-def test_cli_dataset_kinds_match_the_loaders():
-    from ad_core.cli import DATASET_KINDS as CLI_KINDS
+def test_catalog_dataset_kinds_match_the_loaders():
+    from ad_core.catalog import DATASET_KINDS as CATALOG_KINDS
     from ad_core.data import DATASET_KINDS
 
-    assert CLI_KINDS == DATASET_KINDS
+    assert CATALOG_KINDS == DATASET_KINDS

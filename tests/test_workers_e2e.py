@@ -23,7 +23,7 @@ from db import artifacts, queries
 
 pytestmark = pytest.mark.timeout(300)
 
-ONE_CATEGORY_ROWS = {"metrics": 7, "image_results": 7, "category_runs": 1, "run_records": 1}
+ONE_CATEGORY_ROWS = {"metrics": 7, "image_results": 7, "category_runs": 1, "fit_units": 1, "run_records": 1}
 NO_ROWS = dict.fromkeys(ONE_CATEGORY_ROWS, 0)
 EMBEDDED = "embedded"
 REDIS_PG = pytest.param("redis-postgres", marks=[pytest.mark.postgres, pytest.mark.redis])

@@ -66,7 +66,7 @@ def test_job_results_are_stored_and_metrics_recompute_from_maps(
     job = queries.get_job(job_id, url=db_url)
     assert (job.status, job.progress, job.attempts, job.worker_host, job.error) == ("succeeded", 1.0, 1, "test-worker", None)
     assert queries.result_counts(job_id, url=db_url) == {"metrics": 7, "image_results": 7, "category_runs": 1,
-                                                         "run_records": 1}
+                                                         "fit_units": 1, "run_records": 1}
     record = queries.run_record(job_id, url=db_url)
     assert record.random_weights and record.seed == 3 and record.metric_version == METRIC_VERSION
     assert record.config["coreset_ratio"] == 0.1 and "torch" in record.packages and record.git_commit
@@ -112,7 +112,7 @@ def test_failed_job_leaves_no_rows_and_no_maps(
     assert job.status == "failed" and str(root / "grass") in first_line and "Traceback" in job.error
     assert job.message == first_line
     assert queries.result_counts(job_id, url=db_url) == {"metrics": 0, "image_results": 0, "category_runs": 0,
-                                                         "run_records": 0}
+                                                         "fit_units": 0, "run_records": 0}
     assert not (tmp_path / "artifacts" / artifacts.job_dir(job_id)).exists()
 
 

@@ -1,4 +1,4 @@
-"""Run one job row: claim it, run ad_core category by category, store maps and results, finish it.
+"""Run one job row: claim it, hand it to the ad_core runner loop, store maps and results, finish it.
 
 This is everything the Celery task does, without Celery, so it can be reasoned about (and tested) on its
 own. Guarantees (see `db.queries` for the database side):
@@ -12,16 +12,12 @@ own. Guarantees (see `db.queries` for the database side):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from db import artifacts, queries
 from db.session import init_db
@@ -60,14 +56,6 @@ class JobReporter:
             if not queries.report_progress(self.job_id, self.attempt, fraction, message, history=history, url=self.url):
                 self.lost = True
 
-    def for_category(self, index: int, total: int) -> Callable[[float, str], None]:
-        """Map one category's 0..1 progress into this job's overall range."""
-
-        def report(fraction: float, message: str) -> None:
-            self.progress((index + min(max(fraction, 0.0), 1.0)) / total, message)
-
-        return report
-
     def should_cancel(self, force: bool = False) -> bool:
         if self.lost or self._cancel:
             return True
@@ -99,36 +87,9 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
-def split_info(dataset: str, root: str, category: str) -> queries.SplitInfo:
-    """Content hash over the split's file list (relative paths, labels, sizes, masks) and its counts."""
-    from ad_core.data import load_split
-
-    split = load_split(dataset, root, category)
-    digest = hashlib.sha256()
-    base = Path(root)
-
-    def entry(path: str | None) -> str:
-        if path is None:
-            return "-"
-        p = Path(path)
-        rel = p.relative_to(base) if p.is_relative_to(base) else p
-        return f"{rel.as_posix()}:{p.stat().st_size}"
-
-    for part, samples in (("train", split.train), ("test", split.test)):
-        for s in sorted(samples, key=lambda s: s.path):
-            digest.update(f"{part}|{entry(s.path)}|{s.label}|{s.defect_type}|{entry(s.mask_path)}\n".encode())
-    counts = split.counts()
-    return queries.SplitInfo(
-        content_hash=digest.hexdigest(), n_train=counts["train"], n_test=counts["test"],
-        n_test_good=counts["test_good"], n_test_anomalous=counts["test_anomalous"], has_masks=split.has_masks,
-    )
-
-
 def format_error(exc: BaseException) -> str:
     """First line: what went wrong, in words; then the traceback for whoever debugs it."""
-    from ad_core.backbones import WeightsError
-    from ad_core.data import DatasetError
-    from ad_core.methods.base import ConfigError
+    from ad_core.errors import ConfigError, DatasetError, WeightsError
 
     first = str(exc) if isinstance(exc, ConfigError | DatasetError | WeightsError) else f"{type(exc).__name__}: {exc}"
     first = first.strip().splitlines()[0] if first.strip() else type(exc).__name__
@@ -137,7 +98,7 @@ def format_error(exc: BaseException) -> str:
 
 def execute_job(job_id: int, worker: str | None = None, url: str | None = None) -> str:
     """Claim and run job `job_id`. Returns what happened: succeeded, failed, cancelled, lost or skipped (...)."""
-    from ad_core.runner import Cancelled, RunSpec, provenance, run_category
+    from ad_core.runner import Cancelled, CategoryResult, RunSpec, run
 
     init_db(url)
     worker = worker or worker_name()
@@ -155,35 +116,42 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
     beat = Heartbeat(reporter, heartbeat_seconds())
     beat.start()
     outcomes: list[queries.CategoryOutcome] = []
+
+    def store_category(result: CategoryResult) -> None:
+        # Maps go to files as soon as a category is done; rows are written at the end, in one transaction.
+        maps_path = artifacts.save_maps(
+            job_id, attempt, result.category, result.anomaly_maps, [img.path for img in result.images]
+        )
+        counts = result.counts
+        split = queries.SplitInfo(
+            content_hash=result.split_hash, train_anomalies=result.train_anomalies, n_train=counts["train"],
+            n_train_anomalous=counts["train_anomalous"], n_test=counts["test"], n_test_good=counts["test_good"],
+            n_test_anomalous=counts["test_anomalous"], has_masks=result.has_masks,
+        )
+        outcomes.append(queries.CategoryOutcome(
+            category=result.category, metrics=result.metrics, images=result.images, timings=result.timings,
+            maps_path=maps_path, split=split, notes=list(result.notes), fit_unit=result.fit_unit,
+        ))
+
     try:
-        # The stored config is complete, so it is the whole override set (no preset: its values are in it).
-        overrides = dict(job.config)
+        # The stored config is complete: it is rebuilt as it is (paths and GPUs are validated again on this host).
         spec = RunSpec(
             method=job.method, dataset=job.dataset.kind, root=job.dataset.root, categories=list(job.categories),
-            backbone=overrides.pop("backbone", None), weights=overrides.pop("weights", None), seed=job.seed,
-            device=job.device, overrides=overrides,
+            seed=job.seed, device=job.device, split=dict(job.split or {}), config=dict(job.config),
         )
-        config = spec.validate()  # again here: paths and GPUs are per host
-        n = len(spec.categories)
-        weights_source = "none"
-        for i, category in enumerate(spec.categories):
-            reporter.progress(i / n, f"{category}: starting", force=True)
-            info = split_info(spec.dataset, spec.root, category)
-            result, weights_source = run_category(
-                spec, category, config, reporter.for_category(i, n), reporter.should_cancel
-            )
-            maps_path = artifacts.save_maps(
-                job_id, attempt, category, result.anomaly_maps, [img.path for img in result.images]
-            )
-            outcomes.append(queries.CategoryOutcome(
-                category=category, metrics=result.metrics, images=result.images, timings=result.timings,
-                maps_path=maps_path, split=info, notes=list(result.notes),
-            ))
+        reporter.progress(0.0, "preparing the split", force=True)
+        result = run(spec, reporter.progress, reporter.should_cancel, on_category=store_category, keep_maps=False)
         if reporter.should_cancel(force=True):
             raise Cancelled("cancel requested")
         reporter.progress(1.0, "saving results", force=True)
-        record: dict[str, Any] = provenance(spec, weights_source)
-        if not queries.complete_job(job_id, attempt, outcomes, record, config.to_dict(), url=url):
+        units = [
+            queries.FitUnitOutcome(
+                index=u.index, categories=u.categories, fit_s=u.fit_s, peak_rss_mb=u.peak_rss_mb,
+                peak_gpu_mb=u.peak_gpu_mb, weights_source=u.weights_source, details=u.details,
+            )
+            for u in result.units
+        ]
+        if not queries.complete_job(job_id, attempt, outcomes, result.provenance, result.config, units, url=url):
             artifacts.delete_job_maps(job_id, attempt)
             log.warning("job %s attempt %s finished but the job is no longer ours; results discarded", job_id, attempt)
             return "lost"

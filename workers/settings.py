@@ -13,16 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-QUEUES = ("cpu", "gpu")
+from ad_core.catalog import QUEUES
+from ad_core.home import app_home
 
 
 def broker_url() -> str:
     url = os.environ.get("IAD_BROKER_URL")
     if url:
         return url
-    # Same folder as ad_core.home.app_home(), without creating it at import time.
-    home = Path(os.environ.get("IAD_HOME", Path.home() / ".iad")).expanduser()
-    return f"sqla+sqlite:///{home.absolute() / 'broker.sqlite'}"
+    # Not created here: `ensure_broker_dir` makes the folder when a worker or a submit needs it.
+    return f"sqla+sqlite:///{app_home(create=False) / 'broker.sqlite'}"
 
 
 def ensure_broker_dir(url: str | None = None) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,17 +22,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split. `label` is 0 for normal, 1 for anomalous; `defect_type` is "good" for normal."""
+    """One image of a split. `label` is 0 for normal, 1 for anomalous; `defect_type` is "good" for normal.
+
+    `category` is the class the image belongs to, so that a batch mixing classes (multi-class methods)
+    knows what it holds.
+    """
 
     path: str
     label: int
     defect_type: str
     mask_path: str | None = None
+    category: str = ""
 
 
 @dataclass
 class CategorySplit:
-    """Train (normal only) and test samples of one category of one dataset."""
+    """Train and test samples of one category of one dataset, as a split recipe made them.
+
+    The loaders return the dataset as downloaded (train = normal images only). A recipe may move labelled
+    anomalies into `train` (few-shot) or drop training images (long-tailed); `recipe` records which
+    recipe produced the lists (`ad_core.splits.SplitSpec.to_dict()`, seed resolved).
+    """
 
     dataset: str
     category: str
@@ -40,14 +52,54 @@ class CategorySplit:
     # False when the category has no ground-truth masks at all: pixel metrics are then reported as null.
     has_masks: bool = True
     notes: list[str] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=lambda: {"kind": "standard", "seed": None})
+
+    @property
+    def train_normal(self) -> list[Sample]:
+        return [s for s in self.train if s.label == 0]
 
     def counts(self) -> dict[str, int]:
         return {
             "train": len(self.train),
+            "train_anomalous": sum(1 for s in self.train if s.label == 1),
             "test": len(self.test),
             "test_good": sum(1 for s in self.test if s.label == 0),
             "test_anomalous": sum(1 for s in self.test if s.label == 1),
         }
+
+    def relative_paths(self, samples: Iterable[Sample]) -> list[str]:
+        """Sorted image paths relative to the dataset root (absolute when outside it)."""
+        base = Path(self.root)
+        return sorted(
+            (Path(s.path).relative_to(base) if Path(s.path).is_relative_to(base) else Path(s.path)).as_posix()
+            for s in samples
+        )
+
+    def content_hash(self) -> str:
+        """SHA-256 over the concrete lists: per part, every image's path relative to the root, size in bytes,
+        label, defect type and mask (path + size). Equal hashes = the same files in the same roles.
+
+        Computed from the lists a run actually uses (never from a second reading of the folder). For the
+        standard split it equals the hash earlier versions stored, so old and new results stay comparable.
+        """
+        digest = hashlib.sha256()
+        base = Path(self.root)
+
+        def entry(path: str | None) -> str:
+            if path is None:
+                return "-"
+            p = Path(path)
+            rel = p.relative_to(base) if p.is_relative_to(base) else p
+            try:
+                size = p.stat().st_size
+            except OSError as exc:
+                raise DatasetError(f"cannot read {p}: {exc}") from exc
+            return f"{rel.as_posix()}:{size}"
+
+        for part, samples in (("train", self.train), ("test", self.test)):
+            for s in sorted(samples, key=lambda s: s.path):
+                digest.update(f"{part}|{entry(s.path)}|{s.label}|{s.defect_type}|{entry(s.mask_path)}\n".encode())
+        return digest.hexdigest()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -131,7 +183,8 @@ class Preprocess:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Samples -> dict(image [3,S,S] float, mask [1,S,S] float in {0,1}, label, defect_type, path, index)."""
+    """Samples -> dict(image [3,S,S] float, mask [1,S,S] float in {0,1}, label, defect_type, category, path,
+    index)."""
 
     def __init__(self, samples: Sequence[Sample], preprocess: Preprocess):
         self.samples = list(samples)
@@ -155,6 +208,7 @@ class ImageDataset(torch.utils.data.Dataset):
             "mask": mask,
             "label": sample.label,
             "defect_type": sample.defect_type,
+            "category": sample.category,
             "path": sample.path,
             "index": index,
         }

@@ -105,7 +105,7 @@ def load_layout_split(
         raise DatasetError(
             f"training folder {train_dir} not found; expected the normal training images there"
         )
-    train = [Sample(str(p), 0, "good") for p in list_images(train_dir)]
+    train = [Sample(str(p), 0, "good", category=category) for p in list_images(train_dir)]
     if not train:
         raise DatasetError(
             f"training folder {train_dir} contains no images; expected normal images (.png, .jpg, ...)"
@@ -125,16 +125,16 @@ def load_layout_split(
         if not images:
             notes.append(f"test folder {folder} has no images; skipped")
         elif folder.name == layout.normal_dir:
-            test += [Sample(str(p), 0, "good") for p in images]
+            test += [Sample(str(p), 0, "good", category=category) for p in images]
         elif has_masks:
             pairs, unused = pair_masks_by_stem(images, gt_dir / folder.name, layout.mask_stem_suffixes)
-            test += [Sample(str(p), 1, folder.name, str(pairs[p])) for p in images]
+            test += [Sample(str(p), 1, folder.name, str(pairs[p]), category) for p in images]
             if unused:
                 notes.append(
                     f"{len(unused)} mask(s) in {gt_dir / folder.name} match no test image and are ignored"
                 )
         else:
-            test += [Sample(str(p), 1, folder.name, None) for p in images]
+            test += [Sample(str(p), 1, folder.name, None, category) for p in images]
     if not test:
         raise DatasetError(
             f"test folder {test_dir} contains no images; expected {test_dir / layout.normal_dir}/ and "

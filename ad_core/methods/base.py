@@ -3,12 +3,26 @@
 A method is configured from a dataclass (paper defaults; named presets override fields), trained with
 `fit(train_loader, progress)`, and evaluated with `predict(images)` which returns one score per image and
 an anomaly map per image at the evaluation resolution (the input resolution of `images`).
+
+Its `learning_type` (a class attribute; names in `ad_core.catalog.LEARNING_TYPES`) tells the runner what
+to train it on and how often:
+- `one_class`: one model per class, trained on that class's normal images only (labelled anomalies that a
+  split put into training are withheld from it);
+- `few_shot_supervised`: one model per class, trained on its normal images plus the few labelled
+  anomalies (with masks) of a `few_shot` split;
+- `multi_class`: one model over all classes of the run, trained on their normal images; the class of
+  every test image is known, and `predict(images, categories)` receives it.
+
+Methods outside this package register through `IAD_PLUGINS` (comma-separated module names imported on
+first use of the registry, in every process: CLI, workers and dashboard).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ad_core.catalog import LEARNING_TYPES
 from ad_core.data.base import Preprocess
 from ad_core.errors import ConfigError
 
@@ -64,6 +79,20 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def backbone_names(self) -> tuple[str, ...]:
+        """timm model names this config will create (checked at submit time). Methods with several
+        backbones (ensembles) or none override this."""
+        return (self.backbone,)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """Rebuild a complete stored config (`to_dict()` output, e.g. a job's) in one step, validated.
+
+        Unlike `build` there is no preset (a stored config already holds the preset's values) and None is
+        a value like any other.
+        """
+        return cls._construct(dict(values))
+
     @classmethod
     def build(cls, preset: str | None = None, **overrides: Any) -> MethodConfig:
         """Paper defaults, then the preset's overrides, then explicit overrides; validated.
@@ -78,6 +107,10 @@ class MethodConfig:
                 known = ", ".join(["paper", *sorted(cls.PRESETS)])
                 raise ConfigError(f"unknown preset {preset!r} for {cls.__name__}; known presets: {known}")
         values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls._construct(values)
+
+    @classmethod
+    def _construct(cls, values: dict[str, Any]) -> MethodConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(names))
         if unknown:
@@ -123,6 +156,7 @@ class AnomalyModel(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    learning_type: ClassVar[str] = "one_class"
 
     def __init__(self, config: MethodConfig, device: str | torch.device = "cpu"):
         self.config = config
@@ -137,11 +171,21 @@ class AnomalyModel(ABC):
 
     @abstractmethod
     def fit(self, train_loader: torch.utils.data.DataLoader, progress: ProgressFn = no_progress) -> None:
-        """Train on normal images only. `train_loader` yields dicts as produced by ImageDataset."""
+        """Train. `train_loader` yields dicts as produced by ImageDataset (image, mask, label, defect_type,
+        category, path): normal images only for `one_class` and `multi_class` methods, normal images plus
+        labelled anomalies with masks for `few_shot_supervised` ones."""
 
     @abstractmethod
     def predict(self, images: torch.Tensor) -> Prediction:
-        """Score a batch of preprocessed images [B,3,H,W]; maps come back at [B,H,W]."""
+        """Score a batch of preprocessed images [B,3,H,W]; maps come back at [B,H,W].
+
+        `multi_class` methods take a second argument, `categories` (one class name per image)."""
+
+    @classmethod
+    def check_data(cls, config: MethodConfig, train_counts: dict[str, dict[str, int]]) -> None:
+        """Raise ConfigError when the training data cannot work with `config` (checked at submit time, so a
+        worker never fails on it). `train_counts`: category -> CategorySplit.counts() of the split."""
+        return None
 
     # --- persistence -------------------------------------------------------------------------------
     @abstractmethod
@@ -163,7 +207,7 @@ class AnomalyModel(ABC):
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> AnomalyModel:
         payload = torch.load(path, map_location="cpu", weights_only=False)
         model_cls = get_method(payload["method"])
-        config = model_cls.Config(**_tuples(model_cls.Config, payload["config"]))
+        config = model_cls.Config.from_dict(payload["config"])
         model = model_cls(config, device=device)
         model.load_state_dict(payload["state"])
         return model
@@ -172,25 +216,50 @@ class AnomalyModel(ABC):
         return {"method": self.name, "config": self.config.to_dict(), "weights_source": self.weights_source}
 
 
-def _tuples(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    return {k: (_coerce(names[k], v, cls.__name__) if k in names else v) for k, v in values.items()}
-
-
 _REGISTRY: dict[str, type[AnomalyModel]] = {}
 
 
 def register(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     """Class decorator: make a method available by its `name`."""
+    if cls.learning_type not in LEARNING_TYPES:
+        raise RuntimeError(
+            f"method {cls.name!r} has learning_type {cls.learning_type!r}; use one of {', '.join(LEARNING_TYPES)}"
+        )
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise RuntimeError(f"method name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a method from the registry (tests that register toy methods clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+_PLUGINS_LOADED: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules named in `IAD_PLUGINS` (comma-separated) once; each registers its methods."""
+    import sys
+
+    for module in filter(None, (m.strip() for m in os.environ.get("IAD_PLUGINS", "").split(","))):
+        if module in _PLUGINS_LOADED:
+            continue
+        try:
+            if module in sys.modules:  # imported before (e.g. unregistered by a test): register again
+                importlib.reload(sys.modules[module])
+            else:
+                importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"IAD_PLUGINS names {module!r}, which cannot be imported: {exc}") from exc
+        _PLUGINS_LOADED.add(module)
+
+
 def get_method(name: str) -> type[AnomalyModel]:
     from ad_core import methods  # noqa: F401  (importing the package registers every method)
 
+    load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -200,6 +269,7 @@ def get_method(name: str) -> type[AnomalyModel]:
 def available_methods() -> list[str]:
     from ad_core import methods  # noqa: F401
 
+    load_plugins()
     return sorted(_REGISTRY)
 
 

@@ -19,21 +19,26 @@ Follows the official implementation (amazon-science/patchcore-inspection):
 Deviations (documented): masks are resized with nearest neighbour instead of bilinear + "==1" (see
 `ad_core.data.Preprocess`); image normalisation uses the backbone's own timm mean/std (ImageNet for
 ResNets, 0.5/0.5 for the TF-Lite EfficientNets) instead of always ImageNet's.
+
+The building blocks (patch features, coreset, nearest-neighbour scorer, map post-processing) live in
+`ad_core.components`, shared with other methods; this module holds PatchCore's config and its assembly.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 
-from ad_core.backbones import FeatureExtractor, create_feature_extractor, default_out_indices
+from ad_core.components import (
+    NearestNeighbourScorer,
+    PatchFeatures,
+    approximate_greedy_coreset,
+    collect_patch_features,
+    scores_to_prediction,
+)
 from ad_core.data.base import Preprocess
 from ad_core.methods.base import (
     AnomalyModel,
@@ -84,140 +89,6 @@ class PatchCoreConfig(MethodConfig):
             raise ConfigError("stages must name at least one backbone stage")
 
 
-class PatchFeatures:
-    """Backbone + PatchCore's locally aware patch features: images [B,3,H,W] -> [B, h, w, D]."""
-
-    def __init__(self, config: PatchCoreConfig, device: torch.device):
-        self.config = config
-        self.device = device
-        out_indices = default_out_indices(config.backbone, tuple(config.stages))
-        self.backbone: FeatureExtractor = create_feature_extractor(
-            config.backbone, config.weights, out_indices=out_indices, device=device
-        )
-
-    @property
-    def dim(self) -> int:
-        return self.config.target_embed_dim
-
-    def _patchify(self, feature: torch.Tensor) -> torch.Tensor:
-        """[B,C,h,w] -> [B,h,w,C*p*p]: every position's p x p neighbourhood (zero padded), as the official code."""
-        b, c, h, w = feature.shape
-        p = self.config.patch_size
-        unfolded = F.unfold(feature, kernel_size=p, stride=1, padding=(p - 1) // 2)  # [B, C*p*p, h*w]
-        return unfolded.reshape(b, c * p * p, h, w).permute(0, 2, 3, 1)
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(images.to(self.device))
-        ref_h, ref_w = features[0].shape[-2:]
-        pooled = []
-        for feature in features:
-            patches = self._patchify(feature)  # [B,h,w,C*p*p]
-            if patches.shape[1:3] != (ref_h, ref_w):
-                # Upsample the coarser stage's patch grid to the finest stage's grid (bilinear, as official).
-                patches = F.interpolate(
-                    patches.permute(0, 3, 1, 2), size=(ref_h, ref_w), mode="bilinear", align_corners=False
-                ).permute(0, 2, 3, 1)
-            flat = patches.reshape(-1, 1, patches.shape[-1])
-            pooled.append(F.adaptive_avg_pool1d(flat, self.config.pretrain_embed_dim).squeeze(1))
-        stacked = torch.stack(pooled, dim=1).reshape(-1, 1, len(pooled) * self.config.pretrain_embed_dim)
-        embedded = F.adaptive_avg_pool1d(stacked, self.config.target_embed_dim).squeeze(1)
-        return embedded.reshape(images.shape[0], ref_h, ref_w, -1).float()
-
-
-def approximate_greedy_coreset(
-    features: torch.Tensor,
-    ratio: float,
-    projection_dim: int = 128,
-    start_points: int = 10,
-    generator: torch.Generator | None = None,
-    progress: ProgressFn = no_progress,
-) -> np.ndarray:
-    """Indices of an approximate greedy k-center coreset (official PatchCore's ApproximateGreedyCoresetSampler).
-
-    Features are projected to `projection_dim` with a random linear map; the distance of every point to the
-    selected set starts as its mean distance to `start_points` random points and is updated with the distance
-    to each newly selected point (the farthest one), so memory stays O(N).
-    """
-    n = features.shape[0]
-    k = max(1, int(n * ratio))
-    if k >= n:
-        return np.arange(n)
-    if features.shape[1] > projection_dim:
-        projection = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
-        reduced = features @ projection.to(features.device)
-    else:
-        reduced = features
-    # The greedy loop is a GEMV per step; numpy's BLAS path is several times faster than torch's here.
-    points = np.ascontiguousarray(reduced.cpu().numpy(), dtype=np.float32)
-    sq_norms = np.einsum("ij,ij->i", points, points)
-    starts = torch.randperm(n, generator=generator)[: min(start_points, n)].numpy()
-    # Euclidean distances to the start points, averaged: the official initialisation of the running distance.
-    start_sq = sq_norms[:, None] + sq_norms[starts][None] - 2 * points @ points[starts].T
-    min_distance = np.sqrt(np.maximum(start_sq, 0)).mean(1).astype(np.float32)
-    distance = np.empty(n, dtype=np.float32)
-    selected = np.empty(k, dtype=np.int64)
-    report_every = max(1, k // 50)
-    for i in range(k):
-        idx = int(np.argmax(min_distance))
-        selected[i] = idx
-        np.matmul(points, points[idx], out=distance)
-        distance *= -2
-        distance += sq_norms
-        distance += sq_norms[idx]
-        np.maximum(distance, 0, out=distance)
-        np.sqrt(distance, out=distance)
-        np.minimum(min_distance, distance, out=min_distance)
-        if i % report_every == 0:
-            progress(i / k, f"coreset {i}/{k}")
-    return selected
-
-
-class NearestNeighbourScorer:
-    """faiss k-NN over a memory bank; patch score = mean of the k squared L2 distances (official code)."""
-
-    def __init__(self, bank: np.ndarray, num_neighbors: int = 1, index: str = "flat", nprobe: int = 8):
-        bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.num_neighbors = min(num_neighbors, len(bank))
-        dim = bank.shape[1]
-        if index == "ivf" and len(bank) >= 4096:
-            nlist = int(math.sqrt(len(bank)))
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
-            self.index.train(bank)
-            self.index.nprobe = nprobe
-        else:
-            self.index = faiss.IndexFlatL2(dim)
-        self.index.add(bank)
-
-    def __call__(self, queries: np.ndarray) -> np.ndarray:
-        distances, _ = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), self.num_neighbors)
-        return distances.mean(axis=1)
-
-
-def scores_to_prediction(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> Prediction:
-    """Patch score grids [B,h,w] -> image score = max, map = bilinear upsampling + Gaussian(sigma)."""
-    image_scores = patch_scores.reshape(patch_scores.shape[0], -1).max(dim=1).values
-    maps = F.interpolate(patch_scores[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    maps = maps.cpu().numpy().astype(np.float32)
-    if sigma > 0:
-        maps = np.stack([gaussian_filter(m, sigma=sigma) for m in maps]).astype(np.float32)
-    return Prediction(image_scores=image_scores.cpu().numpy().astype(np.float32), anomaly_maps=maps)
-
-
-def collect_patch_features(
-    extractor: PatchFeatures, loader: torch.utils.data.DataLoader, progress: ProgressFn = no_progress
-) -> torch.Tensor:
-    """All patch features of a loader's images as one [N*h*w, D] CPU tensor."""
-    chunks = []
-    total = len(loader)
-    for i, batch in enumerate(loader):
-        chunks.append(extractor(batch["image"]).reshape(-1, extractor.dim).cpu())
-        progress((i + 1) / total, f"features {i + 1}/{total} batches")
-    if not chunks:
-        raise ValueError("the training split is empty: no normal images to fit on")
-    return torch.cat(chunks)
-
-
 @register
 class PatchCore(AnomalyModel):
     name = "patchcore"
@@ -225,7 +96,15 @@ class PatchCore(AnomalyModel):
 
     def __init__(self, config: PatchCoreConfig, device: str | torch.device = "cpu"):
         super().__init__(config, device)
-        self.features = PatchFeatures(config, self.device)
+        self.features = PatchFeatures(
+            config.backbone,
+            config.weights,
+            stages=config.stages,
+            patch_size=config.patch_size,
+            pretrain_embed_dim=config.pretrain_embed_dim,
+            target_embed_dim=config.target_embed_dim,
+            device=self.device,
+        )
         self.weights_source = self.features.backbone.weights_source
         self.memory_bank: np.ndarray | None = None
         self.scorer: NearestNeighbourScorer | None = None

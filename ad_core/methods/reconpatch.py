@@ -1,6 +1,7 @@
 """ReConPatch (Hyun et al., "ReConPatch: Contrastive Patch Representation Learning for Industrial Anomaly
 Detection", WACV 2024). No official code exists; this follows the formulas collected in
-`/work/shared/research/methods.md` §2 and reuses PatchCore's feature pipeline, coreset and scorer.
+`/work/shared/research/methods.md` §2 and reuses PatchCore's feature pipeline, coreset and scorer (from
+`ad_core.components`, shared with PatchCore).
 
 Pipeline
 --------
@@ -82,20 +83,27 @@ import torch.nn.functional as F
 from adamp import AdamP
 from torch import nn
 
-from ad_core.data.base import Preprocess
-from ad_core.methods.base import AnomalyModel, ConfigError, Prediction, ProgressFn, no_progress, register
-from ad_core.methods.patchcore import (
+from ad_core.components import (
+    MAD_BETA,
     NearestNeighbourScorer,
-    PatchCoreConfig,
     PatchFeatures,
+    Renormalised,
     approximate_greedy_coreset,
     collect_patch_features,
+    modified_z_score,
+    robust_stats,
     scores_to_prediction,
 )
-
-# Consistency constant that makes the median absolute deviation estimate a normal distribution's sigma.
-MAD_BETA = 1.4826
-
+from ad_core.data.base import Preprocess
+from ad_core.methods.base import (
+    AnomalyModel,
+    ConfigError,
+    MethodConfig,
+    Prediction,
+    ProgressFn,
+    no_progress,
+    register,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Pseudo-labels and loss (pure functions on [N, d] tensors)
@@ -165,19 +173,6 @@ def relaxed_contrastive_loss(z: torch.Tensor, w: torch.Tensor, margin: float = 1
     return per_pair.sum(1).mean()
 
 
-def robust_stats(values: np.ndarray | torch.Tensor) -> tuple[float, float]:
-    """(median, MAD) with MAD = median |x - median| (median absolute deviation)."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    median = float(np.median(x))
-    return median, float(np.median(np.abs(x - median)))
-
-
-def modified_z_score(values: np.ndarray, median: float, mad: float, beta: float = MAD_BETA) -> np.ndarray:
-    """(x - median) / (beta * MAD); a zero MAD is replaced by a tiny constant instead of dividing by zero."""
-    scale = max(beta * mad, 1e-12)
-    return ((np.asarray(values, dtype=np.float64) - median) / scale).astype(np.float32)
-
-
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """θ̄ <- momentum · θ̄ + (1 - momentum) · θ, parameter by parameter."""
@@ -190,8 +185,28 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 @dataclass
-class ReConPatchConfig(PatchCoreConfig):
+class ReConPatchConfig(MethodConfig):
+    """ReConPatch hyperparameters. The PatchCore-like fields (patch features, coreset, scorer, map smoothing)
+    are declared here with their own defaults, so that changing a PatchCore default never changes ReConPatch.
+    """
+
+    # --- frozen patch features (PatchCore's, `ad_core.components.PatchFeatures`) ---
+    backbone: str = "wide_resnet50_2"
+    weights: str = "imagenet"
+    stages: tuple[int, ...] = (2, 3)
+    patch_size: int = 3
+    pretrain_embed_dim: int = 1024
+    target_embed_dim: int = 1024
+    # --- memory bank and scoring (in f-space) ---
     coreset_ratio: float = 0.01
+    coreset_projection_dim: int = 128
+    coreset_start_points: int = 10
+    num_neighbors: int = 1
+    sigma: float = 4.0
+    # "flat" = exact search; "ivf" = faiss IVF-Flat for very large banks (approximate).
+    nn_index: str = "flat"
+    ivf_nprobe: int = 8
+    # --- representation learning ---
     repr_dim: int = 512
     ensemble_repr_dim: int = 384
     proj_dim: int = 128
@@ -236,6 +251,16 @@ class ReConPatchConfig(PatchCoreConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ConfigError(f"patch_size must be a positive odd number, got {self.patch_size}")
+        if self.num_neighbors < 1:
+            raise ConfigError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
+        if self.nn_index not in ("flat", "ivf"):
+            raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {self.nn_index!r}")
+        if not self.stages:
+            raise ConfigError("stages must name at least one backbone stage")
         for name in ("repr_dim", "ensemble_repr_dim", "proj_dim", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -272,36 +297,16 @@ class ReConPatchConfig(PatchCoreConfig):
                 "ensemble_backbones needs at least 2 backbones (leave it empty for a single model)"
             )
 
+    def backbone_names(self) -> tuple[str, ...]:
+        return self.ensemble_backbones or (self.backbone,)
+
+    def holdout_size(self, n_images: int) -> int:
+        """Training images an ensemble member holds out to fit its score normalisation (at least 2)."""
+        return max(2, round(self.holdout_fraction * n_images))
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Model
-
-
-class _Renormalised:
-    """Iterates a loader's batches, re-normalising images from one mean/std to another and counting images."""
-
-    def __init__(self, loader: Any, src: Preprocess, dst: Preprocess):
-        self.loader, self.images = loader, 0
-        self.shift = None
-        if (src.mean, src.std) != (dst.mean, dst.std):
-            s_mean, s_std = torch.tensor(src.mean).view(1, 3, 1, 1), torch.tensor(src.std).view(1, 3, 1, 1)
-            d_mean, d_std = torch.tensor(dst.mean).view(1, 3, 1, 1), torch.tensor(dst.std).view(1, 3, 1, 1)
-            self.shift = (s_mean, s_std, d_mean, d_std)
-
-    def convert(self, images: torch.Tensor) -> torch.Tensor:
-        if self.shift is None:
-            return images
-        s_mean, s_std, d_mean, d_std = self.shift
-        return ((images * s_std + s_mean) - d_mean) / d_std
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        self.images = 0
-        for batch in self.loader:
-            self.images += len(batch["image"])
-            yield {"image": self.convert(batch["image"])}
 
 
 class _Member:
@@ -309,7 +314,15 @@ class _Member:
 
     def __init__(self, config: ReConPatchConfig, backbone: str, repr_dim: int, device: torch.device):
         self.config = dataclasses.replace(config, backbone=backbone)
-        self.features = PatchFeatures(self.config, device)
+        self.features = PatchFeatures(
+            backbone,
+            config.weights,
+            stages=config.stages,
+            patch_size=config.patch_size,
+            pretrain_embed_dim=config.pretrain_embed_dim,
+            target_embed_dim=config.target_embed_dim,
+            device=device,
+        )
         self.f = nn.Linear(config.target_embed_dim, repr_dim).to(device)
         nn.init.orthogonal_(self.f.weight)
         self.g = nn.Linear(repr_dim, config.proj_dim).to(device)
@@ -363,6 +376,20 @@ class ReConPatch(AnomalyModel):
         self.history: list[dict[str, Any]] = []  # per member and epoch: mean loss, lr
         self.timings: dict[str, float] = {}
 
+    @classmethod
+    def check_data(cls, config: ReConPatchConfig, train_counts: dict[str, dict[str, int]]) -> None:
+        if not config.ensemble_backbones:
+            return
+        for category, counts in train_counts.items():
+            n = counts["train"] - counts.get("train_anomalous", 0)
+            n_hold = config.holdout_size(n)
+            if n - n_hold < 1:
+                raise ConfigError(
+                    f"ReConPatch ensemble holds out {n_hold} of the {n} normal training images of {category} "
+                    f"(holdout_fraction={config.holdout_fraction}, at least 2) and needs at least one left to "
+                    "train on; use more training images or a single backbone"
+                )
+
     @property
     def is_ensemble(self) -> bool:
         return len(self.members) > 1
@@ -388,7 +415,7 @@ class ReConPatch(AnomalyModel):
         c = self.config
         tag = f"[{member.config.backbone}] " if self.is_ensemble else ""
         start = time.perf_counter()
-        images = _Renormalised(loader, self.preprocess(), member.preprocess)
+        images = Renormalised(loader, self.preprocess(), member.preprocess)
         flat = collect_patch_features(member.features, images, sub(0.0, 0.2))
         n_images = images.images
         per_image = len(flat) // max(n_images, 1)
@@ -402,7 +429,7 @@ class ReConPatch(AnomalyModel):
 
         held_out = None
         if self.is_ensemble:
-            n_hold = max(2, round(c.holdout_fraction * n_images))
+            n_hold = c.holdout_size(n_images)
             if n_images - n_hold < 1:
                 raise ValueError(
                     f"ensemble mode holds out {n_hold} images; {n_images} training images are too few"
@@ -507,7 +534,7 @@ class ReConPatch(AnomalyModel):
                 raise RuntimeError(
                     "ReConPatch ensemble member has no normalisation statistics (fit/load first)"
                 )
-            converted = _Renormalised(None, self.preprocess(), member.preprocess).convert(images)
+            converted = Renormalised(None, self.preprocess(), member.preprocess).convert(images)
             pred = scores_to_prediction(
                 member.patch_scores(member.features(converted)), size, self.config.sigma
             )

@@ -6,8 +6,8 @@ import re
 
 import streamlit as st
 
+from ad_core.analysis import export
 from dashboard import ui
-from db import export
 
 st.title("Export")
 st.caption("The leaderboard view below (same filters as on the Leaderboard page) as a paper-ready table.")

@@ -8,9 +8,9 @@ import time
 import pandas as pd
 import streamlit as st
 
+from ad_core.catalog import JOB_STATUSES
 from dashboard import state, ui
 from db import queries
-from db.models import JOB_STATUSES
 
 REFRESH_S = float(os.environ.get("IAD_DASHBOARD_REFRESH_S", 2.0))
 EXPIRE_EVERY_S = 15.0  # how often this page sweeps for jobs of lost workers

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from ad_core.cli import parse_overrides
-from ad_core.data import DATASET_KINDS, DatasetError, list_categories
+from ad_core.catalog import DATASET_KINDS
+from ad_core.config_text import parse_overrides
+from ad_core.data import DatasetError, list_categories
 from ad_core.methods import ConfigError, available_methods, get_method
 from dashboard import state, ui
 
@@ -20,7 +21,8 @@ methods_available = available_methods()
 presets = sorted({"paper", *(p for m in methods_available for p in get_method(m).Config.PRESETS)})
 
 c1, c2 = st.columns(2)
-methods = c1.multiselect("Methods", methods_available, default=methods_available[:1], key="launch_methods")
+methods = c1.multiselect("Methods", methods_available, default=methods_available[:1], key="launch_methods",
+                         format_func=lambda m: f"{m} ({get_method(m).learning_type.replace('_', '-')})")
 preset = c2.selectbox("Preset", presets, index=presets.index("fast") if "fast" in presets else 0, key="launch_preset",
                       help="fast: CPU demos; paper: the papers' settings (GPU workers)")
 
@@ -45,6 +47,17 @@ elif root:
 
 categories = st.multiselect("Categories", categories_available, default=categories_available, key="launch_categories")
 
+c1, c2, c3 = st.columns([1, 1, 2])
+split_kind = c1.selectbox("Split", ["standard", "few_shot"], key="launch_split",
+                          help="standard: the dataset as downloaded. few_shot: DRA's protocol, k labelled anomalies "
+                               "per class drawn with the run's seed and removed from the test set (every method runs "
+                               "on the same reduced test set; one-class methods do not see the anomalies).")
+split: dict = {"kind": split_kind}
+if split_kind == "few_shot":
+    split["k"] = int(c2.number_input("k (anomalies per class)", min_value=1, value=10, key="launch_split_k"))
+    split["setting"] = c3.radio("Setting", ["general", "hard"], horizontal=True, key="launch_split_setting",
+                                help="hard: the k anomalies come from one defect type, which leaves the test set")
+
 c1, c2, c3 = st.columns(3)
 seeds_text = c1.text_input("Seeds", value="0", key="launch_seeds", help="e.g. `0 1 2` or `0-4`")
 device = c2.selectbox("Device", ["cpu", "cuda"], key="launch_device", help="cuda jobs go to the gpu queue")
@@ -65,15 +78,18 @@ try:
 except ConfigError as exc:
     overrides, errors["overrides"] = {}, str(exc)
 
-n_jobs = len(methods) * len(categories) * len(seeds)
+# One job per category x seed, except multi-class methods: one job (one model) over all categories per seed.
+shared = [m for m in methods if get_method(m).learning_type == "multi_class"]
+n_jobs = (len(methods) - len(shared)) * len(categories) * len(seeds) + len(shared) * len(seeds) * bool(categories)
 st.markdown(f"**{len(methods)} method(s) × {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
-            f"× {len(seeds)} seed(s) = {n_jobs} job(s)**")
+            f"× {len(seeds)} seed(s) = {n_jobs} job(s)**"
+            + (f" ({', '.join(shared)}: one model over all categories per seed)" if shared else ""))
 
 if st.button(f"Launch {n_jobs} job(s)", type="primary", disabled=n_jobs == 0, key="launch_submit"):
     plan = state.MatrixPlan(errors=errors)
     if not errors:
         with st.spinner("Validating..."):
-            plan = state.plan_matrix(methods, kind, root, categories, seeds, preset=preset, device=device,
+            plan = state.plan_jobs(methods, kind, root, categories, seeds, split=split, preset=preset, device=device,
                                      backbone=backbone.strip() or None,
                                      weights=None if weights == "(preset)" else weights, overrides=overrides)
     if plan.errors:

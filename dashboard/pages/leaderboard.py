@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from ad_core.analysis import leaderboard as lb
 from dashboard import state, ui
-from db import leaderboard as lb
 
 st.title("Leaderboard")
 ui.flash()
@@ -27,6 +27,9 @@ board = view.board(results)
 if board.other_versions:
     st.warning(f"Results computed with other metric versions ({', '.join(board.other_versions)}) are not shown: "
                "numbers from different metric implementations are never mixed. Pick a version above.")
+if board.excluded:
+    st.warning(f"{board.excluded} job(s) ran on an older version of this data (their split content hash differs "
+               "from the newest runs of the same categories and seeds) and are left out of this table.")
 if board.empty:
     st.info("No results match these filters.")
     st.stop()

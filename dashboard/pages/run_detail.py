@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ad_core.analysis import leaderboard as lb
+from ad_core.catalog import METRICS
 from dashboard import heatmap, ui
-from db import leaderboard as lb
 from db import queries
+from db import results as db_results
 
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (0, 200, 255)
@@ -107,8 +109,8 @@ with tab_metrics:
         st.info("This job stored no metrics.")
     else:
         table = frame.pivot_table(index="category", columns="metric", values="value", aggfunc="first", dropna=False)
-        table = table.reindex(columns=[m for m in lb.METRICS if m in table.columns])
-        table.columns = [lb.METRICS[m] for m in table.columns]
+        table = table.reindex(columns=[m for m in METRICS if m in table.columns])
+        table.columns = [METRICS[m] for m in table.columns]
         if len(table) > 1:
             table.loc["mean"] = table.mean()
         st.dataframe(table.style.format("{:.4f}", na_rep="–"))
@@ -178,7 +180,7 @@ with tab_images:
             right.image(heatmap.colorbar(), caption="median of good maps → threshold (tick) → saturation",
                         width="stretch")
         # The same image under other methods/seeds that scored it.
-        others = [i for i in lb.jobs_with_image(category, path) if i != job_id]
+        others = [i for i in db_results.jobs_with_image(category, path) if i != job_id]
         if others:
             other_jobs = {j.id: j for j in queries.list_jobs(job_ids=others, limit=None)}
             # Default: one run per other method (same seed when there is one), then other seeds.

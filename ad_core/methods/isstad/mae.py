@@ -23,7 +23,15 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, PatchEmbed
 
-__all__ = ["IsstadMAE", "load_pretrained_encoder", "sincos_pos_embed_2d"]
+from ad_core.errors import WeightsError
+
+__all__ = ["EncoderWeightsError", "IsstadMAE", "load_pretrained_encoder", "sincos_pos_embed_2d"]
+
+# How to fix any encoder-weights problem; the end of every EncoderWeightsError message.
+_FIX = (
+    "pass --weights PATH to an MAE checkpoint (e.g. Meta's mae_visualize_vit_large.pth) whose encoder matches "
+    "the config, or --weights random (tests and CPU demos only)"
+)
 
 
 def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
@@ -221,8 +229,8 @@ class IsstadMAE(nn.Module):
         return rec, logits
 
 
-class EncoderWeightsError(RuntimeError):
-    """Pretrained encoder weights could not be loaded; the message says how to supply them."""
+class EncoderWeightsError(WeightsError):
+    """Pretrained encoder weights could not be loaded; the one-line message says how to supply them."""
 
 
 def _encoder_keys(model: IsstadMAE) -> list[str]:
@@ -249,10 +257,10 @@ def load_pretrained_encoder(model: IsstadMAE, backbone: str, weights: str) -> st
         try:
             source_model = timm.create_model(backbone, pretrained=True)
         except Exception as exc:  # hub errors come in many types; all mean the same to the user
+            reason = " ".join(str(exc).split())  # one line, whatever the hub library wrote
             raise EncoderWeightsError(
-                f"could not load pretrained weights for {backbone} from the Hugging Face hub or its cache ({exc}). "
-                "Connect to the internet once, pass weights=PATH to an MAE checkpoint, or use weights='random' "
-                "(tests only)."
+                f"could not load pretrained weights for {backbone} from the Hugging Face hub or its cache "
+                f"({reason}); connect to the internet once, or {_FIX}"
             ) from exc
         state = source_model.state_dict()
         label = f"timm:{backbone}:pretrained"
@@ -260,8 +268,12 @@ def load_pretrained_encoder(model: IsstadMAE, backbone: str, weights: str) -> st
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise EncoderWeightsError(f"weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            raise EncoderWeightsError(f"weights file {path} does not exist; {_FIX}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a checkpoint, truncated, or pickled objects beyond plain tensors
+            reason = " ".join(str(exc).split())[:200]
+            raise EncoderWeightsError(f"cannot read weights file {path} ({reason}); {_FIX}") from exc
         for key in ("model", "state_dict"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
@@ -273,8 +285,8 @@ def load_pretrained_encoder(model: IsstadMAE, backbone: str, weights: str) -> st
     missing = [k for k in encoder_keys if k not in state]
     if missing:
         raise EncoderWeightsError(
-            f"weights {weights!r} lack encoder tensors {missing[:5]} (+{max(0, len(missing) - 5)} more); "
-            "the encoder config (patch size, dim, depth) must match the pretrained model"
+            f"weights {weights!r} lack encoder tensors {missing[:5]} (+{max(0, len(missing) - 5)} more), so the "
+            f"encoder config (patch size, dim, depth) does not match the pretrained model; {_FIX}"
         )
     bad = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -282,7 +294,7 @@ def load_pretrained_encoder(model: IsstadMAE, backbone: str, weights: str) -> st
         if state[k].shape != own[k].shape
     ]
     if bad:
-        raise EncoderWeightsError(f"weights {weights!r} do not fit the configured encoder: {bad[:5]}")
+        raise EncoderWeightsError(f"weights {weights!r} do not fit the configured encoder: {bad[:5]}; {_FIX}")
     selected = {k: state[k] for k in encoder_keys}
     if decoder_allowed:
         allowed_blocks = {f"decoder_blocks.{i}." for i in range(model.stage1_decoder_depth)}

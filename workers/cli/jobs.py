@@ -1,8 +1,7 @@
-"""The `iad` command line: ad_core's commands (run, demo, methods) plus the job-system commands.
+"""The job-system commands of `iad`: submit (a matrix of jobs), jobs, cancel, worker, migrate and up.
 
-Job system: `iad submit` (a matrix of jobs), `iad jobs`, `iad cancel`, `iad worker`, `iad migrate` and
-`iad up` (migrate + local worker + dashboard). The Celery app is imported lazily: `iad run` must not need
-a broker.
+`iad up` = migrate + local worker + dashboard. The database, the Celery app and torch are imported inside
+the commands: `iad run` must not need a broker, and `iad jobs` / `--help` must not import torch.
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from ad_core.cli import add_core_commands, add_run_arguments, dispatch, parse_overrides, resolve_dataset
-from dashboard.cli import add_export_command
+from ad_core.catalog import JOB_STATUSES, QUEUES
+from ad_core.config_text import parse_overrides
+from workers.cli.core import add_run_arguments, resolve_dataset
 
 
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -30,48 +30,32 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ad_core.methods.base import ConfigError
-    from ad_core.runner import RunSpec
-    from db import queries
+    from ad_core.splits import SplitSpec
     from db.session import init_db
-    from workers.settings import queue_for_device
+    from workers.planner import plan_jobs
 
     # Validate everything before touching the database: a typo must not leave half a matrix queued.
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
-    overrides = parse_overrides(args.overrides)
-    if any(seed < 0 for seed in args.seeds):
-        raise ConfigError(f"seeds must be >= 0, got {args.seeds}")
-    requests = []
     methods = list(dict.fromkeys(args.method))
-    for method in methods:
-        spec = RunSpec(
-            method=method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
-            weights=args.weights, preset=args.preset, seed=args.seeds[0], device=args.device, overrides=overrides,
-        )
-        try:
-            config = spec.validate().to_dict()  # raises ConfigError/DatasetError naming the problem
-        except ConfigError as exc:
-            if len(methods) > 1 and not str(exc).startswith("unknown method"):
-                raise ConfigError(f"{method}: {exc}") from exc  # say which method's config is wrong
-            raise
-        for category in categories:
-            for seed in dict.fromkeys(args.seeds):
-                requests.append(queries.JobRequest(
-                    method=method, dataset=args.dataset, root=root, categories=[category], config=config,
-                    preset=args.preset, seed=seed, device=args.device, queue=queue_for_device(args.device),
-                ))
+    plan = plan_jobs(
+        methods, args.dataset, root, categories, args.seeds, split=SplitSpec.parse(args.split).to_dict(),
+        preset=args.preset, device=args.device, backbone=args.backbone, weights=args.weights,
+        overrides=parse_overrides(args.overrides),
+    )
+    plan.raise_errors(methods)  # ConfigError/DatasetError naming the problem (and the method)
 
     init_db()
     from workers.celery_app import SubmitError, submit_jobs
 
     try:
-        group_id, ids = submit_jobs(requests, group_id=args.group)
+        group_id, ids = submit_jobs(plan.requests, group_id=args.group)
     except SubmitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    seeds = len(dict.fromkeys(args.seeds))
     print(f"submitted {len(ids)} job(s) in group {group_id} "
           f"({len(methods)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
-          f"x {len(args.seeds)} seed(s))")
+          f"x {seeds} seed(s); split {SplitSpec.parse(args.split).label})")
     print(" ".join(str(i) for i in ids))
     return 0
 
@@ -159,7 +143,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def dashboard_app() -> Path | None:
-    path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    path = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
     return path if path.is_file() else None
 
 
@@ -230,7 +214,7 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", help="table of jobs with status and progress")
-    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    p.add_argument("--status", choices=JOB_STATUSES)
     p.add_argument("--group", help="only jobs of this group/sweep")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
@@ -240,7 +224,7 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("worker", help="start a Celery worker (migrates the database first)")
-    p.add_argument("--queue", nargs="+", choices=("cpu", "gpu"), help="queues to consume (default: cpu)")
+    p.add_argument("--queue", nargs="+", choices=QUEUES, help="queues to consume (default: cpu)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (GPU workers: 1 per GPU)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
@@ -252,23 +236,3 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--stop-timeout", type=float, default=30, help="seconds to let the worker finish on stop")
     p.set_defaults(func=cmd_up)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="iad", description="IAD Workbench: benchmark industrial visual anomaly detection methods"
-    )
-    sub = parser.add_subparsers(dest="command")
-    add_core_commands(sub)
-    add_job_commands(sub)
-    add_export_command(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return dispatch(build_parser(), argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

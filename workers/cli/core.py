@@ -1,21 +1,21 @@
-"""Core commands of the `iad` CLI that need only ad_core: `iad run`, `iad demo`, `iad methods`.
+"""`iad run`, `iad demo`, `iad methods`: the commands that need only ad_core (no database, no broker).
 
-The `iad` entry point itself lives in `workers.cli`, which adds the job-system commands; this module
-only registers its subcommands on a parser, so that ad_core stays free of app layers.
+Also the arguments and dataset resolution that `iad submit` shares with `iad run`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ad_core.errors import ConfigError, DatasetError, WeightsError
+from ad_core.catalog import DATASET_KINDS
+from ad_core.config_text import parse_overrides
+from ad_core.errors import DatasetError
 from ad_core.home import demo_root
 
 if TYPE_CHECKING:
@@ -25,20 +25,6 @@ if TYPE_CHECKING:
 
 # Heavy modules (torch, timm, the methods) are imported inside the commands that need them, so that
 # `iad jobs`, `iad cancel` and `--help` start in well under a second.
-DATASET_KINDS = ("mvtec", "btad", "folder", "demo")  # checked against ad_core.data in the tests
-
-METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max", "image_ap", "pixel_ap")
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` pairs -> dict (values stay strings; the config dataclass coerces and validates)."""
-    overrides = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
@@ -58,6 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> N
     else:
         parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--split", default="standard",
+                        help="split recipe: standard (the dataset as downloaded) | few_shot[:k=10,setting=general|hard,"
+                             "defect_type=T,seed=N] (DRA protocol; seed defaults to the run's)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override")
 
 
@@ -116,12 +105,13 @@ def execute(spec: RunSpec, json_path: str | None) -> RunResult:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ad_core.runner import RunSpec
+    from ad_core.splits import SplitSpec
 
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
     spec = RunSpec(
         method=args.method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
         weights=args.weights, preset=args.preset, seed=args.seed, device=args.device,
-        overrides=parse_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides), split=SplitSpec.parse(args.split).to_dict(),
     )
     execute(spec, args.json)
     return 0
@@ -163,25 +153,3 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("methods", help="list the registered methods and their presets")
     p.set_defaults(func=cmd_methods)
-
-
-def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse and run; expected user errors print one clear line and exit 2 instead of a traceback."""
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-    try:
-        return args.func(args)
-    except (ConfigError, DatasetError, WeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iad", description="IAD Workbench core commands")
-    add_core_commands(parser.add_subparsers(dest="command"))
-    return dispatch(parser, argv)

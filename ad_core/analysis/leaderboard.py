@@ -1,13 +1,18 @@
-"""Leaderboard tables: read-only queries on the results database and the method x category matrix.
+"""Leaderboard tables: the method x category matrix built from a long table of stored results.
 
-`results_frame` reads the stored metrics of succeeded jobs (one row per job x category x metric) with what
-decides whether two numbers are comparable: method, preset, a hash of the full config, seed, weights
-source and metric version. `build_leaderboard` turns that long table into the matrix researchers put in
-papers: one row per method *variant* (method + preset + config), one column per category plus the mean,
-mean ± std over seeds, the best and second-best value per column, and efficiency columns from the stored
-timings. Rules that keep numbers honest:
+Pure analysis (pandas/numpy, no SQL): the input is `db.results.results_frame` (one row per job x category
+x metric) with what decides whether two numbers are comparable: method, preset, a hash of the full config,
+seed, weights source and metric version. `build_leaderboard` turns that long table into the matrix
+researchers put in papers: one row per method *variant* (method + preset + config), one column per category
+plus the mean, mean ± std over seeds, the best and second-best value per column, and efficiency columns from
+the stored timings (`db.results.timings_frame`). Rules that keep numbers honest:
 
 - one metric version per table (the newest by default; the others are reported, never mixed in);
+- one split recipe per table (`split_key`: the dataset as downloaded by default; other recipes are
+  reported, never pooled), and the caption states the recipe in words;
+- within a table, every result of one category and seed comes from the same files: results whose split
+  content hash differs from the newest one for that category and seed (the data changed on disk) are left
+  out and counted in `excluded`;
 - a different config of the same method is a different row (a short config hash tells them apart);
 - rows whose backbone had random weights are flagged and never take part in the best/second ranking
   unless every row is random;
@@ -19,155 +24,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
 
-from db.models import CategoryRun, Dataset, ImageResultRow, Job, MetricValue, RunRecord
-from db.session import init_db, session_scope
+from ad_core.catalog import METRICS
 
-# Display names in the order the dashboard offers them (keys = ad_core.metrics.METRIC_NAMES).
-METRICS: dict[str, str] = {
-    "image_auroc": "Image AUROC",
-    "pixel_auroc": "Pixel AUROC",
-    "aupro": "AUPRO@0.3",
-    "image_f1_max": "Image F1-max",
-    "pixel_f1_max": "Pixel F1-max",
-    "image_ap": "Image AP",
-    "pixel_ap": "Pixel AP",
-}
 MEAN = "mean"
 RANDOM_MARK = "⚠ random weights"
-# Single-class protocol of every method here: one model per category, trained on its normal images only.
-PROTOCOL = "one-class (one model per category, trained on normal images only)"
-
-
-def _session(url: str | None):  # noqa: ANN202 (context manager of Session)
-    init_db(url)
-    return session_scope(url)
+# Key of the dataset-as-downloaded recipe (`ad_core.splits.SplitSpec().key`), the default table.
+STANDARD_SPLIT_KEY = '{"kind": "standard", "seed": null}'
 
 
 def config_hash(config: dict[str, Any] | None) -> str:
     """Short stable hash of a full method config: equal hashes = comparable runs."""
     text = json.dumps(config or {}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-# --- queries (read only) -------------------------------------------------------------------------------
-
-
-def dataset_choices(url: str | None = None) -> pd.DataFrame:
-    """Datasets that have succeeded jobs: kind, root, number of jobs, newest finish time (newest first)."""
-    query = (
-        select(Dataset.kind, Dataset.root, func.count(Job.id).label("jobs"), func.max(Job.finished_at).label("last"))
-        .join(Job, Job.dataset_id == Dataset.id)
-        .where(Job.status == "succeeded")
-        .group_by(Dataset.kind, Dataset.root)
-        .order_by(func.max(Job.finished_at).desc())
-    )
-    with _session(url) as s:
-        rows = s.execute(query).all()
-    return pd.DataFrame(rows, columns=["kind", "root", "jobs", "last"])
-
-
-def _job_filter(query, dataset: str | None, root: str | None, job_ids: Iterable[int] | None,  # noqa: ANN001, ANN202
-                group_id: str | None):
-    query = query.where(Job.status == "succeeded")
-    if dataset is not None:
-        query = query.where(Dataset.kind == dataset)
-    if root is not None:
-        query = query.where(Dataset.root == root)
-    if job_ids is not None:
-        query = query.where(Job.id.in_(list(job_ids)))
-    if group_id is not None:
-        query = query.where(Job.group_id == group_id)
-    return query
-
-
-JOB_COLUMNS = ["job_id", "method", "preset", "seed", "device", "group_id", "dataset", "root", "config",
-               "random_weights", "weights_source", "finished_at"]
-
-
-def jobs_frame(
-    dataset: str | None = None,
-    root: str | None = None,
-    job_ids: Iterable[int] | None = None,
-    group_id: str | None = None,
-    url: str | None = None,
-) -> pd.DataFrame:
-    """Succeeded jobs with what makes results comparable, plus `variant` (config hash)."""
-    query = _job_filter(
-        select(Job.id, Job.method, Job.preset, Job.seed, Job.device, Job.group_id, Dataset.kind, Dataset.root,
-               Job.config, RunRecord.random_weights, RunRecord.weights_source, Job.finished_at)
-        .join(Dataset, Dataset.id == Job.dataset_id)
-        .outerjoin(RunRecord, RunRecord.job_id == Job.id),
-        dataset, root, job_ids, group_id,
-    )
-    with _session(url) as s:
-        rows = s.execute(query).all()
-    jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
-    jobs["config_hash"] = [config_hash(c) for c in jobs["config"]]
-    jobs["random_weights"] = jobs["random_weights"].fillna(False).astype(bool)
-    return jobs
-
-
-def results_frame(
-    dataset: str | None = None,
-    root: str | None = None,
-    metrics: Sequence[str] | None = None,
-    job_ids: Iterable[int] | None = None,
-    group_id: str | None = None,
-    url: str | None = None,
-) -> pd.DataFrame:
-    """Long table: one row per succeeded job x category x metric, joined with `jobs_frame`'s columns."""
-    query = _job_filter(
-        select(MetricValue.job_id, MetricValue.category, MetricValue.name, MetricValue.value,
-               MetricValue.metric_version)
-        .join(Job, Job.id == MetricValue.job_id)
-        .join(Dataset, Dataset.id == Job.dataset_id),
-        dataset, root, job_ids, group_id,
-    )
-    if metrics is not None:
-        query = query.where(MetricValue.name.in_(list(metrics)))
-    with _session(url) as s:
-        rows = s.execute(query).all()
-    values = pd.DataFrame(rows, columns=["job_id", "category", "metric", "value", "metric_version"])
-    values["value"] = values["value"].astype(float)
-    jobs = jobs_frame(dataset, root, job_ids, group_id, url)
-    return values.merge(jobs.drop(columns=["config"]), on="job_id", how="inner")
-
-
-def timings_frame(job_ids: Iterable[int], url: str | None = None) -> pd.DataFrame:
-    """Per job x category: fit/predict seconds, images/s, peak memory, number of test images."""
-    ids = list(job_ids)
-    columns = ["job_id", "category", "fit_s", "predict_s", "images_per_s", "peak_rss_mb", "peak_gpu_mb", "n_images"]
-    if not ids:
-        return pd.DataFrame(columns=columns)
-    query = select(CategoryRun.job_id, CategoryRun.category, CategoryRun.fit_s, CategoryRun.predict_s,
-                   CategoryRun.images_per_s, CategoryRun.peak_rss_mb, CategoryRun.peak_gpu_mb,
-                   CategoryRun.n_images).where(CategoryRun.job_id.in_(ids))
-    with _session(url) as s:
-        rows = s.execute(query).all()
-    frame = pd.DataFrame(rows, columns=columns)
-    for col in columns[2:-1]:
-        frame[col] = frame[col].astype(float)
-    return frame
-
-
-def jobs_with_image(category: str, path: str, url: str | None = None) -> list[int]:
-    """Succeeded jobs that scored this image of this category (for side-by-side comparisons)."""
-    query = (
-        select(ImageResultRow.job_id)
-        .join(Job, Job.id == ImageResultRow.job_id)
-        .where(ImageResultRow.category == category, ImageResultRow.path == path, Job.status == "succeeded")
-        .order_by(ImageResultRow.job_id)
-    )
-    with _session(url) as s:
-        return list(s.scalars(query))
 
 
 # --- the matrix ----------------------------------------------------------------------------------------
@@ -189,6 +64,11 @@ class Leaderboard:
     rows: pd.DataFrame  # per variant: method, preset, config_hash, random_weights, seeds, efficiency, ...
     other_versions: list[str] = field(default_factory=list)  # metric versions present but not shown
     precision: int = 3
+    split_key: str = STANDARD_SPLIT_KEY
+    split_label: str = "standard"
+    protocol: str = ""  # the split recipe in words
+    other_splits: list[str] = field(default_factory=list)  # labels of recipes present but not shown
+    excluded: int = 0  # results left out because their data (split content hash) changed since
 
     @property
     def empty(self) -> bool:
@@ -246,10 +126,10 @@ class Leaderboard:
                     "variant": row, "random_weights": bool(info["random_weights"]), "category": col,
                     "mean": self.mean.at[row, col], "std": self.std.at[row, col], "n_seeds": int(self.n.at[row, col]),
                     "rank": int(self.rank.at[row, col]), "dataset": self.dataset, "metric": self.metric,
-                    "metric_version": self.metric_version,
+                    "metric_version": self.metric_version, "split": self.split_label,
                 })
         columns = ["method", "preset", "config_hash", "variant", "random_weights", "category", "mean", "std",
-                   "n_seeds", "rank", "dataset", "metric", "metric_version"]
+                   "n_seeds", "rank", "dataset", "metric", "metric_version", "split"]
         return pd.DataFrame(records, columns=columns)
 
     def caption(self, with_root: bool = True) -> str:
@@ -258,7 +138,7 @@ class Leaderboard:
         seeds = self.seeds
         parts = [
             f"{self.metric_label} on {self.dataset}{roots}",
-            f"protocol: {PROTOCOL}",
+            f"split: {self.split_label} ({self.protocol})" if self.protocol else f"split: {self.split_label}",
             f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
             else f"single seed ({seeds[0] if seeds else '-'}), no std",
             f"metric version {self.metric_version}",
@@ -269,6 +149,37 @@ class Leaderboard:
         if self.any_random:
             parts.append("⚠ random backbone weights (not pretrained; not ranked)")
         return "; ".join(parts) + "."
+
+
+def _pick_split(frame: pd.DataFrame, split: str | None) -> tuple[str | None, str, str, list[str]]:
+    """(key, label, protocol, labels of the other recipes) of the recipe a table shows."""
+    if "split_key" not in frame or frame.empty:
+        return split, split or "standard", "", []
+    counts = frame.groupby("split_key").size().sort_values(ascending=False, kind="stable")
+    labels = frame.drop_duplicates("split_key").set_index("split_key")
+    if split is None:
+        key = STANDARD_SPLIT_KEY if STANDARD_SPLIT_KEY in counts.index else str(counts.index[0])
+    elif split in counts.index:
+        key = split
+    else:
+        by_label = [k for k in counts.index if labels.at[k, "split_label"] == split]
+        if not by_label:
+            raise ValueError(f"no results on split {split!r}; splits with results: "
+                             f"{', '.join(labels.loc[counts.index, 'split_label'])}")
+        key = by_label[0]
+    others = [str(labels.at[k, "split_label"]) for k in counts.index if k != key]
+    return key, str(labels.at[key, "split_label"]), str(labels.at[key, "protocol"]), others
+
+
+def _same_files(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep, per category and seed, only results on the newest job's split content hash; count the others."""
+    if "split_hash" not in frame or frame.empty:
+        return frame, 0
+    hashed = frame[frame["split_hash"].notna()]
+    newest = hashed.sort_values("job_id").groupby(["category", "seed"])["split_hash"].last()
+    reference = pd.Series(list(zip(frame["category"], frame["seed"], strict=True)), index=frame.index).map(newest)
+    stale = frame["split_hash"].notna() & reference.notna() & (frame["split_hash"] != reference)
+    return frame[~stale], int(frame.loc[stale, "job_id"].nunique())
 
 
 def _variant_labels(jobs: pd.DataFrame) -> pd.Series:
@@ -296,9 +207,18 @@ def build_leaderboard(
     timings: pd.DataFrame | None = None,
     precision: int = 3,
     dataset: str | None = None,
+    split: str | None = None,
 ) -> Leaderboard:
-    """Matrix of `metric` from a `results_frame` (one dataset). See the module docstring for the rules."""
+    """Matrix of `metric` from a `results_frame` (one dataset). See the module docstring for the rules.
+
+    `split` picks the split recipe by key or label; default: the standard split when it has results, else
+    the recipe with the most results.
+    """
     frame = results[results["metric"] == metric]
+    split_key, split_label, protocol, other_splits = _pick_split(frame, split)
+    if split_key is not None:
+        frame = frame[frame["split_key"] == split_key]
+    frame, excluded = _same_files(frame)
     versions = list(frame.sort_values("finished_at")["metric_version"].drop_duplicates())
     if metric_version is None and versions:
         metric_version = versions[-1]  # the newest version in use
@@ -318,7 +238,8 @@ def build_leaderboard(
         empty = pd.DataFrame(columns=[*cats, MEAN], dtype=float)
         rows = pd.DataFrame(columns=["method", "preset", "config_hash", "random_weights", "seed_list", "n_categories"])
         return Leaderboard(dataset, roots, metric, metric_version, cats, empty, empty.copy(), empty.copy(),
-                           empty.copy(), rows, other, precision)
+                           empty.copy(), rows, other, precision, split_key or STANDARD_SPLIT_KEY, split_label,
+                           protocol, other_splits, excluded)
 
     frame = frame.assign(variant=_variant_labels(frame).values)
     # A re-run of the same variant x category x seed replaces the older one: the latest job wins.
@@ -370,22 +291,5 @@ def build_leaderboard(
     for table in (mean, std, n, rank):
         table.index.name = "variant"
         table.columns.name = None
-    return Leaderboard(dataset, roots, metric, metric_version, cats, mean, std, n, rank, info, other, precision)
-
-
-def leaderboard(
-    dataset: str,
-    metric: str,
-    root: str | None = None,
-    metric_version: str | None = None,
-    methods: Sequence[str] | None = None,
-    categories: Sequence[str] | None = None,
-    include_random: bool = True,
-    group_id: str | None = None,
-    url: str | None = None,
-) -> Leaderboard:
-    """Query + build in one call (what `iad export` and the benchmark use)."""
-    results = results_frame(dataset=dataset, root=root, metrics=[metric], group_id=group_id, url=url)
-    timings = timings_frame(results["job_id"].unique().tolist(), url=url) if len(results) else None
-    return build_leaderboard(results, metric, metric_version, methods, categories, include_random, timings,
-                             dataset=dataset)
+    return Leaderboard(dataset, roots, metric, metric_version, cats, mean, std, n, rank, info, other, precision,
+                       split_key, split_label, protocol, other_splits, excluded)

@@ -13,9 +13,9 @@ import re
 
 import pandas as pd
 
-from db.leaderboard import MEAN, Leaderboard
+from ad_core.analysis.leaderboard import MEAN, Leaderboard
+from ad_core.catalog import EXPORT_FORMATS as FORMATS
 
-FORMATS = ("latex", "csv", "md")
 SUFFIXES = {"latex": ".tex", "csv": ".csv", "md": ".md"}
 
 _LATEX_SPECIAL = {

@@ -11,7 +11,7 @@ per-iteration linear warm-up then half-cycle cosine.
 Stage 2 — the encoder is frozen and sees the full image; the decoder is deepened (paper/code: 12 blocks, the
 first 6 from stage 1) and gets a reconstruction head plus a two-class pixel-state head applied after every
 decoder block (deep supervision; one linear head shared by all blocks, as in the code). Training images are
-corrupted with probability 2/3 (`ad_core.methods.isstad_augment`: rectangles/ellipses/polygons inside the
+corrupted with probability 2/3 (`ad_core.methods.isstad.augment`: rectangles/ellipses/polygons inside the
 object's foreground box, filled with a colour-jittered, flipped or noise-blended copy of the same image).
 Loss = mean over heads of class-weighted cross-entropy (weights 3 for normal, 1 for anomalous pixels, as in
 the code) + 0.5 * MSE + 0.1 * (1 - SSIM) (11x11 Gaussian window, sigma 1.5). AdamW lr 1e-3, wd 0.05,
@@ -33,7 +33,7 @@ Where we differ from the paper or the code (all configurable unless noted):
   AUROC independently (possibly from different epochs), which is optimistic.
 - Pixel labels of the corruption are exact (pixels inside a shape that do not actually change by more than
   `label_min_change` keep their clean value and are labelled normal; the official label is the whole drawn
-  shape). See `isstad_augment`.
+  shape). See `ad_core.methods.isstad.augment`.
 - Corruption is drawn at the model resolution on the preprocessed image instead of at the original image
   resolution before resizing; the pixel constants of the official code are scaled accordingly.
 - Encoder initialisation: the official code starts from Meta's `mae_visualize_vit_large.pth` (encoder AND
@@ -51,16 +51,17 @@ Choices where paper and code are silent (documented defaults, all config fields)
 - Batches are formed from a per-epoch permutation drawn from the seeded generator; the last, smaller batch
   is kept (no drop_last).
 - Per-category corruption settings of the code (capsule/carpet: 1 shape and whole image; carpet/zipper: dark
-  pixels replaced by the mean colour first; zipper: whole image) are applied when the training images sit
-  in a folder named like that MVTec AD category (`corruption_per_category`); otherwise the corruption_*
-  fields apply (default = the code's setting for all other categories).
+  pixels replaced by the mean colour first; zipper: whole image) are applied when the training batches'
+  `category` (the dataset's category name, from the loader) is that MVTec AD category
+  (`corruption_per_category`); otherwise the corruption_* fields apply (default = the code's setting for all
+  other categories). ISSTAD is one model per category: training images of several categories are an error.
 - Stage-2 inputs are normalised with mean = std = 0.5 (range [-1, 1]) while stage 1 uses ImageNet mean/std,
   as the official code does (`stage2_normalization="half"`); "imagenet" keeps stage 1's normalisation.
 - Randomness (crops, MAE masks, corruption) comes from generators seeded by `torch.initial_seed()` at the
   start of `fit` (the runner seeds torch before fitting), so a seed gives the same model on a CPU.
 - AMP (bf16 where supported, else fp16 with a GradScaler) is used on CUDA only (`amp`).
 - SSIM uses zero padding and a mean over all pixels and channels (the pytorch-ssim convention that the
-  official `util/simm.SSIM` appears to follow; that file was not readable either).
+  official `util/simm.SSIM` appears to follow; that file was not readable either): `ad_core.components.ssim`.
 - AdamW runs with `fused=True` (same update rule, several times faster on CPU).
 - `stage2_freeze_encoder=False` is an ablation switch (fine-tune the encoder in stage 2); it is not ISSTAD.
 - The `fast` preset (tiny random-init ViT, 128 px, 16-px patches, 50 + 70 epochs) is a CPU demo, not the
@@ -73,7 +74,6 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -82,8 +82,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from ad_core.backbones import RANDOM_WEIGHTS_LABEL
+from ad_core.components import ssim
 from ad_core.data.base import Preprocess
-from ad_core.data.mvtec import MVTEC_CATEGORIES
 from ad_core.methods.base import (
     AnomalyModel,
     ConfigError,
@@ -93,14 +93,14 @@ from ad_core.methods.base import (
     no_progress,
     register,
 )
-from ad_core.methods.isstad_augment import (
+from ad_core.methods.isstad.augment import (
     OFFICIAL_CATEGORY_SETTINGS,
     CorruptionSettings,
     corrupt,
     foreground_box,
     random_resized_crop_flip,
 )
-from ad_core.methods.isstad_mae import IsstadMAE, load_pretrained_encoder
+from ad_core.methods.isstad.mae import IsstadMAE, load_pretrained_encoder
 
 
 @dataclass
@@ -200,6 +200,10 @@ class ISSTADConfig(MethodConfig):
         },
     }
 
+    def backbone_names(self) -> tuple[str, ...]:
+        # `backbone` only names the timm encoder whose pretrained weights initialise ours (weights="imagenet").
+        return (self.backbone,) if self.weights == "imagenet" else ()
+
     @property
     def encoder_weights(self) -> str:
         """Alias of `weights` (the framework-wide field the CLI's --weights sets)."""
@@ -271,37 +275,7 @@ class ISSTADConfig(MethodConfig):
             raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
 
 
-# --- losses and scoring -------------------------------------------------------------------------------
-def _gaussian_kernel_1d(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - size // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of two image batches [N,C,H,W] (Gaussian window, zero padding, C1 = 0.01^2, C2 = 0.03^2).
-
-    The 2-D Gaussian window is applied as two 1-D convolutions (the same filter, separated).
-    """
-    channels = a.shape[1]
-    g = _gaussian_kernel_1d(window, sigma).to(a.device, a.dtype)
-    kx = g.view(1, 1, 1, window).expand(channels, 1, 1, window)
-    ky = g.view(1, 1, window, 1).expand(channels, 1, window, 1)
-    pad = window // 2
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, kx, padding=(0, pad), groups=channels)
-        return F.conv2d(x, ky, padding=(pad, 0), groups=channels)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return value.mean()
-
-
+# --- scoring -------------------------------------------------------------------------------------------
 def isstad_scores(prob: np.ndarray, error: np.ndarray, sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """(image scores [B], maps [B,H,W]) from pixel anomaly probabilities P and reconstruction errors R [B,H,W].
 
@@ -387,21 +361,29 @@ class ISSTAD(AnomalyModel):
         return contextlib.nullcontext(), None
 
     # --- training ------------------------------------------------------------------------------------
-    def _collect(self, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, list[str]]:
-        images, paths = [], []
+    def _collect(self, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, str | None]:
+        """All training images in [0, 1] and their category (None when the batches carry no "category")."""
+        images, categories = [], set()
         for batch in loader:
             images.append(self._to_unit(batch["image"].float()).clamp(0, 1).cpu())
-            paths.extend(str(p) for p in batch.get("path", []))
+            names = batch.get("category") or []
+            categories.update(str(name) for name in ([names] if isinstance(names, str) else names))
         if not images:
             raise ValueError("the training split is empty: no normal images to fit on")
+        if len(categories) > 1:
+            raise ValueError(
+                f"ISSTAD is one model per category, but the training images come from {sorted(categories)}; "
+                "fit one model per category"
+            )
         stacked = torch.cat(images)
         if stacked.shape[-2:] != (self.config.crop, self.config.crop):
             raise ValueError(
                 f"training images are {tuple(stacked.shape[-2:])}, the model expects crop={self.config.crop}"
             )
-        return stacked, paths
+        return stacked, next(iter(categories), None)
 
-    def _corruption(self, paths: list[str]) -> CorruptionSettings:
+    def _corruption(self, category: str | None) -> CorruptionSettings:
+        """The corruption settings: the config's, or the official per-category ones for `category`."""
         c = self.config
         values = {
             "probability": c.corruption_prob,
@@ -410,12 +392,10 @@ class ISSTAD(AnomalyModel):
             "remove_black": c.corruption_remove_black,
             "min_change": c.label_min_change,
         }
-        category = None
-        if c.corruption_per_category and paths:
-            parts = set(Path(paths[0]).parts)
-            category = next((name for name in MVTEC_CATEGORIES if name in parts), None)
-            if category in OFFICIAL_CATEGORY_SETTINGS:
-                values.update(OFFICIAL_CATEGORY_SETTINGS[category])
+        if not c.corruption_per_category:
+            category = None
+        if category in OFFICIAL_CATEGORY_SETTINGS:
+            values.update(OFFICIAL_CATEGORY_SETTINGS[category])
         settings = CorruptionSettings(**values)
         self.corruption_settings = {**asdict(settings), "category": category}
         return settings
@@ -427,7 +407,7 @@ class ISSTAD(AnomalyModel):
 
     def fit(self, train_loader: torch.utils.data.DataLoader, progress: ProgressFn = no_progress) -> None:
         c = self.config
-        images, paths = self._collect(train_loader)
+        images, category = self._collect(train_loader)
         self._ensure_weights()
         seed = int(torch.initial_seed()) % 2**63
         rng = np.random.default_rng(seed)
@@ -438,7 +418,7 @@ class ISSTAD(AnomalyModel):
         self._fit_stage1(images, rng, generator, lambda f, m: progress(f * c.stage1_epochs / total, m))
         self.timings["stage1_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        settings = self._corruption(paths)
+        settings = self._corruption(category)
         self._fit_stage2(
             images, settings, rng, lambda f, m: progress((c.stage1_epochs + f * c.stage2_epochs) / total, m)
         )

@@ -1,0 +1,65 @@
+"""The names every layer agrees on: dataset kinds, metrics, learning types, splits, job statuses, queues.
+
+One definition each, imported by ad_core, db, workers and the dashboard. Torch-free and numpy-free (only
+the standard library), so that the CLI's `--help`, `iad jobs` and the dashboard can import it cheaply.
+`ad_core.data` derives its own DATASET_KINDS from its loaders; the tests check that both agree.
+"""
+
+from __future__ import annotations
+
+# Dataset kinds with a loader in ad_core.data (`iad run/submit --dataset`, the Launch page).
+DATASET_KINDS: tuple[str, ...] = ("mvtec", "btad", "folder", "demo")
+
+# Version of the metric definitions in ad_core.metrics, stored with every result; bump it whenever a
+# definition changes (numbers of different versions are never mixed in one table).
+METRIC_VERSION = "iad-metrics-1"
+
+# Metric name -> display label, in the order the dashboard and the exports offer them
+# (the keys of `ad_core.metrics.compute_all`).
+METRICS: dict[str, str] = {
+    "image_auroc": "Image AUROC",
+    "pixel_auroc": "Pixel AUROC",
+    "aupro": "AUPRO@0.3",
+    "image_f1_max": "Image F1-max",
+    "pixel_f1_max": "Pixel F1-max",
+    "image_ap": "Image AP",
+    "pixel_ap": "Pixel AP",
+}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+
+# Learning settings a benchmark can be run under: name -> one-line description.
+LEARNING_TYPES: dict[str, str] = {
+    "one_class": "one model per category, trained on normal images only",
+    "few_shot_supervised": "trained on normal images plus a few labelled anomalous images per category",
+    "multi_class": "one model for all categories, trained on their normal images together",
+}
+
+# How a category's images are split into train and test: name -> one-line description.
+SPLIT_KINDS: dict[str, str] = {
+    "standard": "the dataset's official train/test split",
+    "few_shot": "only a few normal training images per category (the rest unused)",
+    "long_tail": "training images per category drawn from a long-tailed distribution",
+}
+
+# Formats of a leaderboard export (`iad export --format`, the Export page): LaTeX booktabs, CSV, Markdown.
+EXPORT_FORMATS: tuple[str, ...] = ("latex", "csv", "md")
+
+# Life cycle of a job: queued -> running -> one of the final statuses.
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+# Worker queues (each may carry a prefix, see workers.settings.queue_name).
+QUEUES: tuple[str, ...] = ("cpu", "gpu")
+
+__all__ = [
+    "DATASET_KINDS",
+    "EXPORT_FORMATS",
+    "FINAL_STATUSES",
+    "JOB_STATUSES",
+    "LEARNING_TYPES",
+    "METRICS",
+    "METRIC_NAMES",
+    "METRIC_VERSION",
+    "QUEUES",
+    "SPLIT_KINDS",
+]

@@ -1,0 +1,36 @@
+"""The components room: building blocks that several anomaly detection methods share.
+
+One small module per kind of thing, each saying where it comes from (official code, paper):
+
+- `features`: backbone + PatchCore's locally aware patch features (`PatchFeatures`, `collect_patch_features`);
+- `coreset`: approximate greedy k-center coreset (`approximate_greedy_coreset`);
+- `scoring`: faiss nearest-neighbour patch scores against a memory bank (`NearestNeighbourScorer`);
+- `postprocess`: patch score grids -> image scores + smoothed anomaly maps (`scores_to_prediction`);
+- `normalization`: robust score normalisation (`robust_stats`, `modified_z_score`, `MAD_BETA`) and image
+  re-normalisation between backbones (`Renormalised`);
+- `losses`: generic training losses (`ssim`).
+
+Components take plain parameters, never a method's config, so any method can use them; method-specific
+parts (e.g. ReConPatch's pseudo-labels and relaxed contrastive loss) stay in the method's own module.
+Nothing here may import `ad_core.methods` at import time (the methods import this package).
+"""
+
+from ad_core.components.coreset import approximate_greedy_coreset
+from ad_core.components.features import PatchFeatures, collect_patch_features
+from ad_core.components.losses import ssim
+from ad_core.components.normalization import MAD_BETA, Renormalised, modified_z_score, robust_stats
+from ad_core.components.postprocess import scores_to_prediction
+from ad_core.components.scoring import NearestNeighbourScorer
+
+__all__ = [
+    "MAD_BETA",
+    "NearestNeighbourScorer",
+    "PatchFeatures",
+    "Renormalised",
+    "approximate_greedy_coreset",
+    "collect_patch_features",
+    "modified_z_score",
+    "robust_stats",
+    "scores_to_prediction",
+    "ssim",
+]

@@ -1,0 +1,27 @@
+"""The dashboard's pages, in navigation order: the one registry `dashboard/app.py` builds its navigation
+from and `dashboard.ui.PAGES` (key -> file, for `st.switch_page` / `st.page_link`) comes from.
+
+Each page is a script in this folder, run by Streamlit (`st.navigation`), never imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    key: str
+    file: str  # relative to dashboard/app.py, as st.Page / st.switch_page expect it
+    title: str
+    icon: str  # a Material icon (rendered by Streamlit itself; emoji fonts are missing on many desktops)
+    default: bool = False
+
+
+REGISTRY: tuple[PageSpec, ...] = (
+    PageSpec("leaderboard", "pages/leaderboard.py", "Leaderboard", ":material/leaderboard:", default=True),
+    PageSpec("launch", "pages/launch.py", "Launch", ":material/rocket_launch:"),
+    PageSpec("jobs", "pages/jobs.py", "Jobs", ":material/list_alt:"),
+    PageSpec("run_detail", "pages/run_detail.py", "Run detail", ":material/image_search:"),
+    PageSpec("export", "pages/export.py", "Export", ":material/download:"),
+)

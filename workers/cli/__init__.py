@@ -1,0 +1,54 @@
+"""The `iad` command line (console script `iad = "workers.cli:main"`, also `python -m workers.cli`).
+
+- `core`: run, demo, methods (ad_core only: no database, no broker);
+- `jobs`: submit, jobs, cancel, worker, migrate, up (the job system);
+- `export`: export (leaderboard tables from the results database).
+
+Every module imports its heavy dependencies (torch, the methods, the database, Celery) inside the
+commands, so that `iad --help` and `iad jobs` start without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ad_core.errors import ConfigError, DatasetError, WeightsError
+from workers.cli.core import add_core_commands
+from workers.cli.export import add_export_command
+from workers.cli.jobs import add_job_commands, stop_process_group
+
+__all__ = ["build_parser", "dispatch", "main", "stop_process_group"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iad", description="IAD Workbench: benchmark industrial visual anomaly detection methods"
+    )
+    sub = parser.add_subparsers(dest="command")
+    add_core_commands(sub)
+    add_job_commands(sub)
+    add_export_command(sub)
+    return parser
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run; expected user errors print one clear line and exit 2 instead of a traceback."""
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return dispatch(build_parser(), argv)

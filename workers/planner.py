@@ -1,0 +1,108 @@
+"""The one planner: methods x categories x seeds x split recipe -> validated job requests.
+
+`iad submit` and the dashboard's Launch page (and its first-run demo, re-runs and "missing cells") all
+plan here, so a matrix means the same jobs wherever it is launched. Each method is validated once with
+the runner's own checks (`RunSpec.prepare`: config, backbone name, weights, dataset paths, the split
+recipe applied to the data, the learning type against the split, the method's data needs), so a worker
+never fails on anything that could have been caught at submit time.
+
+How a method's learning type shapes its jobs: one-class and few-shot supervised methods get one job per
+category x seed (one model each); a multi-class method gets one job per seed over all categories (one
+model for all of them, results still per category).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from db.queries import JobRequest
+
+
+@dataclass
+class MatrixPlan:
+    """A validated launch: the job requests, or the reasons (per method or field) it cannot be launched."""
+
+    requests: list[JobRequest] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.requests) and not self.errors
+
+    def raise_errors(self, methods: Sequence[str] = ()) -> None:
+        """ConfigError with the first problem, naming the method when several were planned."""
+        from ad_core.errors import ConfigError
+
+        if not self.errors:
+            return
+        what, message = next(iter(self.errors.items()))
+        if what in methods and len(set(methods)) > 1 and not message.startswith("unknown method"):
+            message = f"{what}: {message}"
+        raise ConfigError(message)
+
+
+def plan_jobs(
+    methods: Sequence[str],
+    dataset: str,
+    root: str,
+    categories: Sequence[str],
+    seeds: Sequence[int],
+    split: dict[str, Any] | None = None,
+    preset: str | None = None,
+    device: str = "cpu",
+    backbone: str | None = None,
+    weights: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> MatrixPlan:
+    """Plan (and validate) the jobs of a comparison. Never raises for bad input: see `MatrixPlan.errors`."""
+    from ad_core.errors import ConfigError, DatasetError, WeightsError
+    from ad_core.runner import RunSpec
+    from ad_core.splits import SplitSpec
+    from workers.settings import queue_for_device
+
+    plan = MatrixPlan()
+    if not methods:
+        plan.errors["methods"] = "choose at least one method"
+    if not categories:
+        plan.errors["categories"] = "choose at least one category"
+    if not seeds:
+        plan.errors["seeds"] = "give at least one seed"
+    elif any(seed < 0 for seed in seeds):
+        plan.errors["seeds"] = f"seeds must be >= 0, got {list(seeds)}"
+    try:
+        split_dict = SplitSpec.from_dict(split).to_dict()
+    except ConfigError as exc:
+        plan.errors["split"] = str(exc)
+    if plan.errors:
+        return plan
+    root = str(Path(root).expanduser())
+    seeds = list(dict.fromkeys(seeds))
+    for method in dict.fromkeys(methods):
+        spec = RunSpec(
+            method=method, dataset=dataset, root=root, categories=list(categories), backbone=backbone or None,
+            weights=weights or None, preset=preset or None, seed=seeds[0], device=device,
+            overrides=dict(overrides or {}), split=split_dict,
+        )
+        try:
+            prepared = spec.prepare()
+        except (ConfigError, DatasetError, WeightsError) as exc:
+            plan.errors[method] = str(exc)
+            continue
+        try:
+            if split_dict.get("seed") is None and split_dict["kind"] != "standard":
+                for seed in seeds[1:]:  # each seed draws its own split: every draw must work
+                    SplitSpec.from_dict(split_dict).apply(dataset, root, list(categories), run_seed=seed)
+        except (ConfigError, DatasetError) as exc:
+            plan.errors[method] = str(exc)
+            continue
+        config = prepared.config.to_dict()
+        for unit in prepared.units:
+            for seed in seeds:
+                plan.requests.append(JobRequest(
+                    method=method, dataset=dataset, root=root, categories=list(unit.categories), config=config,
+                    preset=preset or None, seed=seed, device=device, queue=queue_for_device(device), split=split_dict,
+                ))
+    return plan

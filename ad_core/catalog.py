@@ -37,8 +37,8 @@ LEARNING_TYPES: dict[str, str] = {
 # How a category's images are split into train and test: name -> one-line description.
 SPLIT_KINDS: dict[str, str] = {
     "standard": "the dataset's official train/test split",
-    "few_shot": "only a few normal training images per category (the rest unused)",
-    "long_tail": "training images per category drawn from a long-tailed distribution",
+    "few_shot": "k labelled anomalies per category moved from the test set into training (DRA protocol)",
+    "long_tail": "per-category training counts from a long-tailed profile (not implemented yet: issue 10)",
 }
 
 # Formats of a leaderboard export (`iad export --format`, the Export page): LaTeX booktabs, CSV, Markdown.

@@ -35,5 +35,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mvtec_bottle_root() -> Path:
     """Root of the real MVTec AD copy (holding bottle/); skips the test when it is absent."""
     if not (MVTEC_ROOT / "bottle" / "train" / "good").is_dir():
-        pytest.skip(f"MVTec AD bottle not present at {MVTEC_ROOT / 'bottle'}")
+        message = f"MVTec AD bottle not present at {MVTEC_ROOT / 'bottle'}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}: CI must have ../shared/data")
+        pytest.skip(message)
     return MVTEC_ROOT

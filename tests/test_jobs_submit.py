@@ -58,6 +58,12 @@ BAD_INPUT = [  # (arguments replaced in a valid command line, what the one-line 
     ({"--weights": ["/nonexistent/weights.pth"]}, "weights file /nonexistent/weights.pth does not exist"),
     ({"--device": ["tpu"]}, "device must be 'cpu' or 'cuda[:N]'"),
     ({"--seeds": ["0", "-1"]}, "seeds must be >= 0"),
+    ({"--backbone": ["tf_efficientnet_lit0"]}, "unknown timm backbone 'tf_efficientnet_lit0'; did you mean tf_efficientnet_lite0"),
+    ({"--method": ["reconpatch"], "--set": ["ensemble_backbones=resnet18,tf_efficientnet_lite0", "holdout_fraction=0.99"]},
+     "ReConPatch ensemble holds out 6 of the 6 normal training images of brick"),
+    ({"--split": ["few_shot:k=9"]}, "few_shot k=9: demo/brick has only 4 anomalous test image(s)"),
+    ({"--split": ["few_shot:k=2,setting=easy"]}, "few_shot setting must be 'general' or 'hard'"),
+    ({"--split": ["long_tail"]}, "unknown split kind 'long_tail' (not implemented yet); available: standard, few_shot"),
 ]
 
 

@@ -4,7 +4,8 @@ One small module per kind of thing, each saying where it comes from (official co
 
 - `features`: backbone + PatchCore's locally aware patch features (`PatchFeatures`, `collect_patch_features`);
 - `coreset`: approximate greedy k-center coreset (`approximate_greedy_coreset`);
-- `scoring`: faiss nearest-neighbour patch scores against a memory bank (`NearestNeighbourScorer`);
+- `scoring`: faiss nearest-neighbour patch scores against a memory bank (`NearestNeighbourScorer`) and the
+  validation of the settings every patch-feature + memory-bank method shares (`check_patch_memory_bank`);
 - `postprocess`: patch score grids -> image scores + smoothed anomaly maps (`scores_to_prediction`);
 - `normalization`: robust score normalisation (`robust_stats`, `modified_z_score`, `MAD_BETA`) and image
   re-normalisation between backbones (`Renormalised`);
@@ -20,7 +21,7 @@ from ad_core.components.features import PatchFeatures, collect_patch_features
 from ad_core.components.losses import ssim
 from ad_core.components.normalization import MAD_BETA, Renormalised, modified_z_score, robust_stats
 from ad_core.components.postprocess import scores_to_prediction
-from ad_core.components.scoring import NearestNeighbourScorer
+from ad_core.components.scoring import NearestNeighbourScorer, check_patch_memory_bank
 
 __all__ = [
     "MAD_BETA",
@@ -28,6 +29,7 @@ __all__ = [
     "PatchFeatures",
     "Renormalised",
     "approximate_greedy_coreset",
+    "check_patch_memory_bank",
     "collect_patch_features",
     "modified_z_score",
     "robust_stats",

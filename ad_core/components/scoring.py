@@ -9,6 +9,7 @@ Used by PatchCore (in backbone feature space) and ReConPatch (in its learned rep
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import faiss
 import numpy as np
@@ -37,3 +38,20 @@ class NearestNeighbourScorer:
     def __call__(self, queries: np.ndarray) -> np.ndarray:
         distances, _ = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), self.num_neighbors)
         return distances.mean(axis=1)
+
+
+def check_patch_memory_bank(config: Any) -> None:
+    """ConfigError on bad values of the fields every patch-feature + memory-bank method shares
+    (coreset_ratio, patch_size, num_neighbors, nn_index, stages), with the same messages for each method."""
+    from ad_core.errors import ConfigError
+
+    if not 0 < config.coreset_ratio <= 1:
+        raise ConfigError(f"coreset_ratio must be in (0, 1], got {config.coreset_ratio}")
+    if config.patch_size < 1 or config.patch_size % 2 == 0:
+        raise ConfigError(f"patch_size must be a positive odd number, got {config.patch_size}")
+    if config.num_neighbors < 1:
+        raise ConfigError(f"num_neighbors must be >= 1, got {config.num_neighbors}")
+    if config.nn_index not in ("flat", "ivf"):
+        raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {config.nn_index!r}")
+    if not config.stages:
+        raise ConfigError("stages must name at least one backbone stage")

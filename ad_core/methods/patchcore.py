@@ -36,13 +36,13 @@ from ad_core.components import (
     NearestNeighbourScorer,
     PatchFeatures,
     approximate_greedy_coreset,
+    check_patch_memory_bank,
     collect_patch_features,
     scores_to_prediction,
 )
 from ad_core.data.base import Preprocess
 from ad_core.methods.base import (
     AnomalyModel,
-    ConfigError,
     MethodConfig,
     Prediction,
     ProgressFn,
@@ -77,16 +77,7 @@ class PatchCoreConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.patch_size < 1 or self.patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be a positive odd number, got {self.patch_size}")
-        if self.num_neighbors < 1:
-            raise ConfigError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
-        if self.nn_index not in ("flat", "ivf"):
-            raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {self.nn_index!r}")
-        if not self.stages:
-            raise ConfigError("stages must name at least one backbone stage")
+        check_patch_memory_bank(self)
 
 
 @register

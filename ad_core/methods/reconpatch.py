@@ -89,6 +89,7 @@ from ad_core.components import (
     PatchFeatures,
     Renormalised,
     approximate_greedy_coreset,
+    check_patch_memory_bank,
     collect_patch_features,
     modified_z_score,
     robust_stats,
@@ -251,16 +252,7 @@ class ReConPatchConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.patch_size < 1 or self.patch_size % 2 == 0:
-            raise ConfigError(f"patch_size must be a positive odd number, got {self.patch_size}")
-        if self.num_neighbors < 1:
-            raise ConfigError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
-        if self.nn_index not in ("flat", "ivf"):
-            raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {self.nn_index!r}")
-        if not self.stages:
-            raise ConfigError("stages must name at least one backbone stage")
+        check_patch_memory_bank(self)
         for name in ("repr_dim", "ensemble_repr_dim", "proj_dim", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -10,6 +10,7 @@ import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
 from ad_core.catalog import METRICS
+from ad_core.splits import split_identity
 from dashboard import heatmap, ui
 from db import queries
 from db import results as db_results
@@ -37,6 +38,7 @@ st.query_params["job"] = str(job_id)  # a shareable link to this run
 job = by_id[job_id]
 record = queries.run_record(job_id)
 config = (record.config if record else None) or job.config
+_, split_label, split_protocol = split_identity(job.split)
 
 if record is not None and record.random_weights:
     st.warning(f"{lb.RANDOM_MARK}: this run used a randomly initialised backbone ({record.weights_source}); "
@@ -219,10 +221,31 @@ with tab_prov:
             "random weights": "yes" if record.random_weights else "no", "metric version": record.metric_version,
             "git commit": record.git_commit, "device": record.device, "host": record.host or "",
             "worker": job.worker_host or "", "group": job.group_id or "", "launched by": job.launched_by,
-            "config hash": lb.config_hash(config),
+            "config hash": lb.config_hash(config), "split": split_label, "split protocol": split_protocol,
+            "torch threads": record.threads if record.threads is not None else "",
         }}).astype(str))
+        runs = queries.category_runs(job.id)
+        splits = {s.id: s for s in queries.list_splits(job.dataset_id)}
+        st.markdown("**Splits** (content hash of the files each class was trained and tested on)")
+        st.dataframe(pd.DataFrame([{
+            "category": r.category, "content hash": splits[r.split_id].content_hash[:16] if r.split_id else "",
+            "train": splits[r.split_id].n_train if r.split_id else None,
+            "labelled anomalies in train": splits[r.split_id].n_train_anomalous if r.split_id else None,
+            "test": splits[r.split_id].n_test if r.split_id else None, "fit unit": r.fit_unit,
+        } for r in runs]), hide_index=True)
+        units = queries.fit_units(job.id)
+        if units:
+            st.markdown("**Fits** (one model per unit; time and memory recorded once)")
+            st.dataframe(pd.DataFrame([{
+                "unit": u.unit_index, "categories": ", ".join(u.categories), "fit s": u.fit_s,
+                "peak RSS MB": u.peak_rss_mb, "weights": u.weights_source,
+            } for u in units]), hide_index=True)
         c1, c2 = st.columns(2)
         c1.markdown("**Config**")
         c1.json(config)
         c2.markdown("**Packages**")
         c2.json(record.packages)
+        details = {u.unit_index: u.details for u in units if u.details}
+        if details:
+            st.markdown("**What the method reported about its fit** (`describe()`)")
+            st.json(details)

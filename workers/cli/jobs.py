@@ -64,6 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from ad_core.splits import split_identity
     from db import queries
     from db.session import init_db
     from workers.celery_app import expire_stale_jobs
@@ -77,7 +78,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     rows = [
         {
             "id": j.id, "method": j.method + (f"/{j.preset}" if j.preset else ""), "dataset": j.dataset.kind,
-            "category": ",".join(j.categories), "seed": j.seed, "status": j.status, "progress": f"{100 * j.progress:.0f}%",
+            "category": ",".join(j.categories), "seed": j.seed, "status": j.status,
+            "split": split_identity(j.split)[1], "progress": f"{100 * j.progress:.0f}%",
             "message": (j.message or "").replace("\n", " ")[:50], "worker": j.worker_host or "-",
             "elapsed": j.elapsed_text or "-",
         }

@@ -72,7 +72,7 @@ def test_few_shot_draws_are_seeded_nested_and_independent_of_listing_order(root:
 
 def test_few_shot_hard_draws_one_defect_type_and_removes_it_from_the_test_set(root: Path) -> None:
     splits = SplitSpec.parse("few_shot:k=2,setting=hard").apply("demo", str(root), CATS, run_seed=0)
-    for category, split in splits.items():
+    for split in splits.values():
         [chosen] = {s.defect_type for s in split.train if s.label == 1}
         assert chosen not in {s.defect_type for s in split.test}
         assert split.counts()["test_anomalous"] == 12 - 3  # the whole type (3 images) left the test set

@@ -20,3 +20,8 @@ def app_home(create: bool = True) -> Path:
 
 def demo_root() -> Path:
     return app_home() / "datasets" / "demo"
+
+
+def multiclass_demo_root() -> Path:
+    """The 10-class demo (`ad_core.data.MULTICLASS_DEMO_CATEGORIES`) for long-tailed and unified runs."""
+    return app_home() / "datasets" / "demo-multiclass"

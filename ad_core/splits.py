@@ -27,6 +27,7 @@ import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ad_core.errors import ConfigError, DatasetError
@@ -70,7 +71,8 @@ class SplitSpec:
         options: dict[str, Any] = {}
         for pair in filter(None, (p.strip() for p in rest.split(","))):
             if "=" not in pair:
-                raise ConfigError(f"split option {pair!r} must be key=value (e.g. few_shot:k=10,setting=hard)")
+                options.update(get_split_kind(kind.strip()).shorthand(pair))
+                continue
             key, value = (s.strip() for s in pair.split("=", 1))
             options[key] = _parse_value(value)
         seed = options.pop("seed", None)
@@ -82,8 +84,12 @@ class SplitSpec:
     # --- identity and text ---------------------------------------------------------------------------
     @property
     def key(self) -> str:
-        """Canonical text of the recipe: equal keys = the same recipe (the leaderboard's comparability key)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """Canonical text of the recipe: equal keys = the same recipe (the leaderboard's comparability key).
+
+        Options that only say where something is on this machine (an imported list's path) are left out;
+        what they point to is identified by content instead (the list's SHA-256)."""
+        where = get_split_kind(self.kind).location_options
+        return json.dumps({k: v for k, v in self.to_dict().items() if k not in where}, sort_keys=True)
 
     def option(self, name: str) -> Any:
         return dict(self.options)[name]
@@ -154,6 +160,12 @@ class SplitKind:
     defaults: ClassVar[dict[str, Any]] = {}
     summary: ClassVar[str] = ""
     seeded: ClassVar[bool] = True  # False: the kind draws nothing, so the seed does not change its lists
+
+    location_options: ClassVar[tuple[str, ...]] = ()  # options left out of the comparability key
+
+    def shorthand(self, token: str) -> dict[str, Any]:
+        """Options that a bare CLI token stands for (e.g. `exp100`); none by default."""
+        raise ConfigError(f"split option {token!r} must be key=value (e.g. few_shot:k=10,setting=hard)")
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(options) - set(self.defaults))
@@ -257,6 +269,242 @@ class FewShotSplit(SplitKind):
         return out
 
 
+LONG_TAIL_PROFILES = ("exp", "step", "pareto", "list")
+NOISY_POLICIES = ("drop", "refuse")
+
+
+@dataclass
+class LongTailSplit(SplitKind):
+    """Long-tailed training sets over the classes of a dataset; test sets stay the official ones.
+
+    Generated profiles (`profile`): classes are ranked by a seeded permutation of their sorted names (rank 0
+    = head), and class i of C gets a target count
+    - `exp`: n_max * ratio^(-i / (C - 1))                       (Cao et al. 2019's exponential profile);
+    - `step`: the last round(tail_fraction * C) classes are cut to `k` images, or to n_max / ratio when k
+      is not given; the other classes keep all their images (TailedCore's "step", tail fraction 0.6);
+    - `pareto`: n_max * (i + 1)^(-a) with a = ln(ratio) / ln(C), so the last class gets n_max / ratio
+      (a Zipf/Pareto-shaped profile; TailedCore's exact construction is not public), at least `min_count`.
+    Targets are floored, capped by what each class has and at least 1; `n_max` defaults to the largest
+    class. Which images a class keeps is a seeded draw over its sorted paths (a prefix of one permutation,
+    so a smaller count keeps a subset of a larger one). The counts actually produced are in the split.
+
+    Imported lists (`profile="list"`, `list=PATH`): TailedCore's JSON (`tailed_files` with the training
+    images under `<class>/train/`, and `noisy_files`: anomalous test images added to training), or a plain
+    list of training images relative to the dataset root (.txt one per line, .csv with a `path` column,
+    .json list or {"train": [...]}). Every path must exist under the root (the first missing one is named).
+    Test images in a training list ("noisy" lists) are never evaluated: `noisy="drop"` (default) removes
+    them from that class's test set and records it; `noisy="refuse"` fails instead. They join training
+    unlabelled (label 0), as the noisy setting intends. The list's SHA-256 is part of the recipe.
+    """
+
+    name: ClassVar[str] = "long_tail"
+    defaults: ClassVar[dict[str, Any]] = {
+        "profile": "exp", "ratio": 100, "tail_fraction": 0.6, "k": None, "min_count": 5, "n_max": None,
+        "list": None, "list_sha256": None, "noisy": "drop",
+    }
+    location_options: ClassVar[tuple[str, ...]] = ("list",)
+
+    def shorthand(self, token: str) -> dict[str, Any]:
+        import re
+
+        named = re.fullmatch(r"(exp|step)(\d+(?:\.\d+)?)|step_k(\d+)|(pareto)", token)
+        if named is None:
+            raise ConfigError(
+                f"long_tail name {token!r} not understood; use exp100, step100, step_k4, pareto or key=value options"
+            )
+        if named.group(3):
+            return {"profile": "step", "k": int(named.group(3))}
+        if named.group(4):
+            return {"profile": "pareto"}
+        return {"profile": named.group(1), "ratio": _parse_value(named.group(2))}
+
+    def check(self, options: dict[str, Any]) -> dict[str, Any]:
+        options = super().check(options)
+        if options["list"] is not None and options["profile"] == self.defaults["profile"]:
+            options["profile"] = "list"  # `long_tail:list=PATH` needs no profile=list
+        profile = options["profile"]
+        if profile not in LONG_TAIL_PROFILES:
+            raise ConfigError(f"long_tail profile must be one of {', '.join(LONG_TAIL_PROFILES)}, got {profile!r}")
+        if options["noisy"] not in NOISY_POLICIES:
+            raise ConfigError(f"long_tail noisy must be 'drop' or 'refuse', got {options['noisy']!r}")
+        if profile == "list":
+            if not options["list"]:
+                raise ConfigError("long_tail profile=list needs list=PATH (a TailedCore JSON or a txt/csv/json list)")
+            path = Path(str(options["list"])).expanduser()
+            if path.is_file():  # on the submitting host; a worker checks that the content is unchanged
+                digest = _sha256(path)
+                if options["list_sha256"] not in (None, digest):
+                    raise ConfigError(f"split list {path} changed since the job was planned (SHA-256 differs)")
+                options["list_sha256"] = digest
+            elif options["list_sha256"] is None:
+                raise ConfigError(f"split list {path} does not exist")
+            return options
+        for name in ("list", "list_sha256"):
+            if options[name] is not None:
+                raise ConfigError(f"long_tail {name} is only used with profile=list")
+        ratio = options["ratio"]
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or ratio < 1:
+            raise ConfigError(f"long_tail ratio must be a number >= 1, got {ratio!r}")
+        for name in ("k", "n_max"):
+            value = options[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"long_tail {name} must be an integer >= 1, got {value!r}")
+        if options["k"] is not None and profile != "step":
+            raise ConfigError("long_tail k (a fixed tail size) is only used with profile=step")
+        if not 0 < options["tail_fraction"] < 1:
+            raise ConfigError(f"long_tail tail_fraction must be in (0, 1), got {options['tail_fraction']!r}")
+        if isinstance(options["min_count"], bool) or not isinstance(options["min_count"], int) or options["min_count"] < 1:
+            raise ConfigError(f"long_tail min_count must be an integer >= 1, got {options['min_count']!r}")
+        return options
+
+    def label(self, spec: SplitSpec) -> str:
+        o = dict(spec.options)
+        if o["profile"] == "list":
+            return f"long_tail(list {Path(str(o['list'])).name}, sha256 {str(o['list_sha256'])[:8]})"
+        ratio = f"{o['ratio']:g}"
+        name = {"exp": f"exp{ratio}", "step": f"step_k{o['k']}" if o["k"] else f"step{ratio}",
+                "pareto": "pareto" if o["ratio"] == 100 else f"pareto{ratio}"}[o["profile"]]
+        extra = [f"{k}={o[k]}" for k in ("tail_fraction", "min_count", "n_max") if o[k] != self.defaults[k]
+                 and (k != "min_count" or o["profile"] == "pareto") and (k != "tail_fraction" or o["profile"] == "step")]
+        return f"long_tail({', '.join([name, *extra])})"
+
+    def describe(self, spec: SplitSpec) -> str:
+        o = dict(spec.options)
+        seed = "the run's seed" if spec.seed is None else f"seed {spec.seed}"
+        if o["profile"] == "list":
+            noisy = "removed from the test set" if o["noisy"] == "drop" else "refused"
+            return (f"long-tailed training lists imported from {Path(str(o['list'])).name} (SHA-256 "
+                    f"{str(o['list_sha256'])[:12]}); test images listed for training are {noisy}; official test sets")
+        shape = {"exp": f"exponential, imbalance ratio {o['ratio']:g}",
+                 "step": (f"step, {o['tail_fraction']:.0%} of the classes cut to "
+                          + (f"{o['k']} images" if o["k"] else f"n_max/{o['ratio']:g}")),
+                 "pareto": f"Pareto-shaped, ratio {o['ratio']:g}, at least {o['min_count']} images"}[o["profile"]]
+        return (f"long-tailed training sets ({shape}); head/tail classes and kept images drawn with {seed}; "
+                "official test sets")
+
+    def targets(self, spec: SplitSpec, available: Mapping[str, int]) -> dict[str, int]:
+        """Training images per class for a generated profile (capped by `available`, at least 1)."""
+        import math
+
+        import numpy as np
+
+        o = dict(spec.options)
+        classes = sorted(available)
+        if len(classes) < 2:
+            raise ConfigError("a long_tail split needs at least 2 classes (the imbalance is between classes)")
+        rng = np.random.default_rng(class_seed(spec.seed or 0, "long_tail ranking"))
+        order = [classes[i] for i in rng.permutation(len(classes))]  # rank 0 = head
+        n = len(order)
+        n_max = o["n_max"] or max(available.values())
+        ratio = float(o["ratio"])
+        wanted: dict[str, float] = {}
+        if o["profile"] == "exp":
+            wanted = {c: n_max * ratio ** (-i / (n - 1)) for i, c in enumerate(order)}
+        elif o["profile"] == "step":
+            n_tail = round(o["tail_fraction"] * n)
+            tail = set(order[n - n_tail:])
+            wanted = {c: (o["k"] or n_max / ratio) if c in tail else available[c] for c in order}
+        else:  # pareto
+            a = math.log(ratio) / math.log(n)
+            wanted = {c: max(o["min_count"], n_max * (i + 1) ** (-a)) for i, c in enumerate(order)}
+        return {c: max(1, min(available[c], math.floor(wanted[c] + 1e-9))) for c in order}
+
+    def apply(self, spec: SplitSpec, loaded: dict[str, CategorySplit]) -> dict[str, CategorySplit]:
+        if dict(spec.options)["profile"] == "list":
+            return self._apply_list(spec, loaded)
+        import numpy as np
+
+        targets = self.targets(spec, {c: len(s.train_normal) for c, s in loaded.items()})
+        out = {}
+        for category, split in loaded.items():
+            pool = sorted(split.train_normal, key=lambda s: s.path)
+            rng = np.random.default_rng(class_seed(spec.seed or 0, category))
+            keep = sorted((pool[i] for i in rng.permutation(len(pool))[: targets[category]]), key=lambda s: s.path)
+            note = f"long_tail: {len(keep)} of {len(pool)} training images kept"
+            out[category] = replace(split, train=keep, notes=[*split.notes, note])
+        return out
+
+    def _apply_list(self, spec: SplitSpec, loaded: dict[str, CategorySplit]) -> dict[str, CategorySplit]:
+        o = dict(spec.options)
+        path = Path(str(o["list"])).expanduser()
+        if not path.is_file():
+            raise DatasetError(f"split list {path} does not exist on this host")
+        if o["list_sha256"] and _sha256(path) != o["list_sha256"]:
+            raise DatasetError(f"split list {path} changed since the job was planned (SHA-256 differs)")
+        entries = read_training_list(path)
+        out = {}
+        for category, split in loaded.items():
+            root = Path(split.root)
+            mine = [e for e in entries if e.split("/", 1)[0] == category]
+            if not mine:
+                raise DatasetError(f"split list {path} has no training image of class {category!r}")
+            train_by_path = {s.path: s for s in split.train}
+            test_by_path = {s.path: s for s in split.test}
+            train, noisy = [], []
+            for entry in mine:
+                full = str(root / entry)
+                if not Path(full).is_file():
+                    raise DatasetError(f"split list {path} names {entry}, which is missing under {root} ({full})")
+                if full in train_by_path:
+                    train.append(train_by_path[full])
+                elif full in test_by_path:
+                    noisy.append(test_by_path[full])
+                else:
+                    raise DatasetError(
+                        f"split list {path} names {entry}, which is neither a training nor a test image of "
+                        f"{split.dataset}/{category} under {root}")
+            notes = [*split.notes, f"long_tail list {path.name}: {len(train)} of {len(split.train)} training images"]
+            test = split.test
+            if noisy:
+                if o["noisy"] == "refuse":
+                    raise DatasetError(
+                        f"split list {path} puts {len(noisy)} test image(s) of {category} into training (e.g. "
+                        f"{noisy[0].path}); pass noisy=drop to remove them from the test set")
+                gone = {s.path for s in noisy}
+                test = [s for s in split.test if s.path not in gone]
+                train += [replace(s, label=0, mask_path=None) for s in noisy]  # unlabelled, as the setting intends
+                notes.append(f"{len(noisy)} test image(s) listed for training (noisy) were removed from the test set")
+            out[category] = replace(split, train=sorted(train, key=lambda s: s.path), test=test, notes=notes)
+        return out
+
+
+def read_training_list(path: Path) -> list[str]:
+    """Training image paths (relative to the dataset root, '/'-separated) from a split list file."""
+    import csv
+
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict) and "tailed_files" in data:  # TailedCore
+                entries = [p for p in data["tailed_files"] if "/train/" in p] + list(data.get("noisy_files", []))
+            elif isinstance(data, dict) and "train" in data:
+                entries = list(data["train"])
+            elif isinstance(data, list):
+                entries = list(data)
+            else:
+                raise ValueError("expected a list, {\"train\": [...]} or TailedCore's {\"tailed_files\": [...]}")
+        elif path.suffix.lower() == ".csv":
+            rows = list(csv.DictReader(text.splitlines()))
+            if not rows or "path" not in rows[0]:
+                raise ValueError("expected a header row with a 'path' column")
+            entries = [row["path"] for row in rows]
+        else:
+            entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"cannot read split list {path}: {exc}") from exc
+    cleaned = [str(e).strip().replace("\\", "/").lstrip("./") for e in entries]
+    if not cleaned:
+        raise DatasetError(f"split list {path} lists no image")
+    return list(dict.fromkeys(cleaned))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 _KINDS: dict[str, SplitKind] = {}
 
 
@@ -285,6 +533,7 @@ def available_split_kinds() -> list[str]:
 
 register_split_kind(StandardSplit())
 register_split_kind(FewShotSplit())
+register_split_kind(LongTailSplit())
 
 STANDARD = SplitSpec()
 __all__ = ["STANDARD", "SplitKind", "SplitSpec", "available_split_kinds", "get_split_kind", "register_split_kind"]

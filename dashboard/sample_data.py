@@ -41,6 +41,7 @@ def store_job(
     metric_version: str = METRIC_VERSION,
     split: dict[str, Any] | None = None,
     split_hash: str | None = None,
+    n_train: int = 10,
     url: str | None = None,
 ) -> int:
     """Create, claim and complete one job with these results; returns its id. `split` is the job's recipe
@@ -62,7 +63,7 @@ def store_job(
         timings=dict(timings or {"fit_s": 2.0, "predict_s": 1.0, "images_per_s": 20.0, "peak_rss_mb": 900.0}),
         maps_path=maps_path,
         split=None if split_hash is None else queries.SplitInfo(
-            content_hash=split_hash, n_train=10, n_test=len(images), n_test_good=sum(i.label == 0 for i in images),
+            content_hash=split_hash, n_train=n_train, n_test=len(images), n_test_good=sum(i.label == 0 for i in images),
             n_test_anomalous=sum(i.label == 1 for i in images), has_masks=True,
         ),
     )

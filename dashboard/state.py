@@ -165,6 +165,16 @@ def demo_methods() -> list[str]:
     return [m for m in DEMO_METHOD_CANDIDATES if m in available]
 
 
+def ensure_multiclass_demo() -> Path:
+    """The 10-class demo (long-tailed and unified runs), generated on first use; same size setting as the demo."""
+    from ad_core.data import MULTICLASS_DEMO_CATEGORIES, make_demo_dataset
+    from ad_core.home import multiclass_demo_root
+
+    root = multiclass_demo_root()
+    root = root if demo_size() == "default" else root.with_name(f"{root.name}-{demo_size()}")
+    return make_demo_dataset(root, categories=MULTICLASS_DEMO_CATEGORIES, **DEMO_SIZES[demo_size()])
+
+
 def ensure_demo_dataset() -> Path:
     from ad_core.data import make_demo_dataset
 

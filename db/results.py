@@ -93,11 +93,12 @@ def results_frame(
     group_id: str | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
-    """Long table: one row per succeeded job x category x metric, joined with `jobs_frame`'s columns and
-    the content hash of the split the category was evaluated on (`split_hash`)."""
+    """Long table: one row per succeeded job x category x metric, joined with `jobs_frame`'s columns, the
+    content hash of the split the category was evaluated on (`split_hash`) and its training counts
+    (`n_train`, of which `n_train_anomalous` labelled anomalies)."""
     query = _job_filter(
         select(MetricValue.job_id, MetricValue.category, MetricValue.name, MetricValue.value,
-               MetricValue.metric_version, Split.content_hash)
+               MetricValue.metric_version, Split.content_hash, Split.n_train, Split.n_train_anomalous)
         .join(Job, Job.id == MetricValue.job_id)
         .join(Dataset, Dataset.id == Job.dataset_id)
         .outerjoin(CategoryRun, (CategoryRun.job_id == MetricValue.job_id)
@@ -109,7 +110,8 @@ def results_frame(
         query = query.where(MetricValue.name.in_(list(metrics)))
     with _session(url) as s:
         rows = s.execute(query).all()
-    values = pd.DataFrame(rows, columns=["job_id", "category", "metric", "value", "metric_version", "split_hash"])
+    values = pd.DataFrame(rows, columns=["job_id", "category", "metric", "value", "metric_version", "split_hash",
+                                         "n_train", "n_train_anomalous"])
     values["value"] = values["value"].astype(float)
     jobs = jobs_frame(dataset, root, job_ids, group_id, url)
     return values.merge(jobs.drop(columns=["config"]), on="job_id", how="inner")

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from .base import CategorySplit, DatasetError, ImageDataset, Preprocess, Sample, read_image, read_mask
 from .btad import BTAD_PRODUCTS, list_btad_products, load_btad_split
-from .demo import DEMO_CATEGORIES, list_demo_categories, load_demo_split, make_demo_dataset
+from .demo import (
+    DEMO_CATEGORIES,
+    MULTICLASS_DEMO_CATEGORIES,
+    list_demo_categories,
+    load_demo_split,
+    make_demo_dataset,
+)
 from .folder import list_folder_categories, load_folder_split
 from .mvtec import MVTEC_CATEGORIES, list_mvtec_categories, load_mvtec_split
 
@@ -19,6 +25,7 @@ __all__ = [
     "BTAD_PRODUCTS",
     "DATASET_KINDS",
     "DEMO_CATEGORIES",
+    "MULTICLASS_DEMO_CATEGORIES",
     "MVTEC_CATEGORIES",
     "CategorySplit",
     "DatasetError",

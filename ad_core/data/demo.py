@@ -1,7 +1,9 @@
 """A small demo dataset with synthetic defects on real texture photos, generated offline in seconds.
 
-Normal images are random crops of scikit-image's bundled texture photos (brick, grass, gravel; no
-download needed). Test images carry one of four synthetic defects, and every ground-truth mask is exactly
+Normal images are random crops of scikit-image's bundled photos (no download needed): the default demo
+has three textures (brick, grass, gravel); the multi-class demo (`MULTICLASS_DEMO_CATEGORIES`, for
+long-tailed and unified runs) adds seven classes, each its own photo (moon surface, coins, camera,
+coffee, chelsea the cat, immunohistochemistry, Hubble deep field). Test images carry one of four synthetic defects, and every ground-truth mask is exactly
 the set of pixels the defect changed, so pixel metrics on this dataset are exact. Written in the MVTec AD
 layout and loaded with the generic folder loader (dataset kind "demo").
 """
@@ -24,6 +26,9 @@ from .base import CategorySplit, DatasetError
 from .folder import FolderLayout, list_layout_categories, load_layout_split
 
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
+# The multi-class demo: the default classes first, so every class keeps its random streams (and images).
+MULTICLASS_DEMO_CATEGORIES = (*DEMO_CATEGORIES, "moon", "coins", "camera", "coffee", "chelsea",
+                              "immunohistochemistry", "hubble_deep_field")
 DEMO_DEFECT_TYPES = ("scratch", "patch", "stain", "hole")
 # Bump whenever the images a given seed produces change, so that existing roots get regenerated.
 GENERATOR_VERSION = 1
@@ -34,7 +39,10 @@ MIN_DEFECT_AREA, MAX_DEFECT_AREA = 0.005, 0.05
 # Each changed pixel moves by at least this much (uint8) in some channel, so mask == changed pixels exactly.
 _MIN_CHANGE = 20
 # The textures are grayscale; a mild per-category tint makes colour matter a little (see the stain defect).
-_TINTS = {"brick": (1.0, 0.84, 0.72), "grass": (0.80, 1.0, 0.68), "gravel": (0.90, 0.94, 1.0)}
+_TINTS = {"brick": (1.0, 0.84, 0.72), "grass": (0.80, 1.0, 0.68), "gravel": (0.90, 0.94, 1.0),
+          "moon": (0.95, 0.95, 0.90), "coins": (1.0, 0.92, 0.78), "camera": (0.88, 0.92, 1.0)}
+# Colour photos are used as they are; a foreign-texture patch on them is tinted neutrally.
+_NEUTRAL_TINT = (1.0, 1.0, 1.0)
 _STAIN_COLOURS = ((0.80, 0.36, 0.08), (0.12, 0.26, 0.85), (0.55, 0.10, 0.55), (0.10, 0.60, 0.20))
 
 # From the docstrings of skimage.data.brick/grass/gravel (scikit-image itself is BSD-3-Clause).
@@ -45,10 +53,20 @@ TEXTURE_SOURCES = {
     "(https://www.deviantart.com/linolafett/art/Grass-01-434853879), Creative Commons CC0 licence",
     "gravel": "skimage.data.gravel(): 'Gravel04' from CC0Textures (https://cc0textures.com/view.php?tex=Gravel04), "
     "Creative Commons CC0 licence",
+    "moon": "skimage.data.moon(): surface of the moon, distributed with scikit-image (BSD-3-Clause data)",
+    "coins": "skimage.data.coins(): Greek coins from Pompeii, Brooklyn Museum Collection, no known copyright "
+    "restrictions",
+    "camera": "skimage.data.camera(): gray-level camera image, CC0 by the photographer (Lav Varshney)",
+    "coffee": "skimage.data.coffee(): coffee cup, courtesy of Pikolo Espresso Bar, CC0 by the photographer "
+    "(Rachel Michetti)",
+    "chelsea": "skimage.data.chelsea(): Chelsea the cat, CC0 by the photographer (Stefan van der Walt)",
+    "immunohistochemistry": "skimage.data.immunohistochemistry(): IHC staining of colonic glands, Center for "
+    "Microscopy And Molecular Imaging (CMMI), no known copyright restrictions",
+    "hubble_deep_field": "skimage.data.hubble_deep_field(): Hubble eXtreme Deep Field, NASA, public domain",
 }
 LICENSE_NOTE = (
-    "The source textures are CC0 (public domain dedication) photos distributed with scikit-image "
-    "(BSD-3-Clause). The generated images and masks are derived from them and may be used without restriction."
+    "The source photos are distributed with scikit-image (BSD-3-Clause) and are CC0, public domain or without "
+    "known copyright restrictions (see Sources). The generated images and masks are derived from them and may be used without restriction."
 )
 
 DEMO_LAYOUT = FolderLayout(setup_hint="Create it with ad_core.data.make_demo_dataset(root).")
@@ -76,17 +94,21 @@ def _texture(name: str) -> np.ndarray:
 
 
 def _render_texture(name: str, tint: Sequence[float], size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of a texture (random rotation/flip, mild brightness jitter), tinted RGB float in [0, 1]."""
+    """A random crop of a photo (random rotation/flip, mild brightness jitter) as RGB float in [0, 1].
+
+    Grayscale photos are tinted with `tint`; colour photos keep their colours (`tint` is ignored)."""
     texture = _texture(name)
-    side = round(min(texture.shape) * rng.uniform(0.55, 0.75))
-    top, left = rng.integers(0, min(texture.shape) - side + 1, size=2)
+    side = round(min(texture.shape[:2]) * rng.uniform(0.55, 0.75))
+    top, left = rng.integers(0, min(texture.shape[:2]) - side + 1, size=2)
     crop = np.rot90(texture[top : top + side, left : left + side], k=int(rng.integers(4)))
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     resized = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR)
-    gray = np.asarray(resized, dtype=np.float32) / 255.0
-    gray = gray * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
-    return np.clip(gray[..., None] * np.asarray(tint, dtype=np.float32), 0.0, 1.0)
+    pixels = np.asarray(resized, dtype=np.float32) / 255.0
+    pixels = pixels * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
+    if pixels.ndim == 3:
+        return np.clip(pixels[..., :3], 0.0, 1.0)
+    return np.clip(pixels[..., None] * np.asarray(tint, dtype=np.float32), 0.0, 1.0)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -149,8 +171,8 @@ def _scratch(clean: np.ndarray, category: str, rng: np.random.Generator) -> tupl
 def _patch(clean: np.ndarray, category: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     mask = _sample_area_checked(lambda: _blob_mask(clean.shape[0], rng, irregularity=0.5))
     # Same tint as the category, so the anomaly is the foreign texture, not its colour.
-    foreign = str(rng.choice([c for c in DEMO_CATEGORIES if c != category]))
-    return mask, _render_texture(foreign, _TINTS[category], clean.shape[0], rng)
+    foreign = str(rng.choice([c for c in DEMO_CATEGORIES if c != category]))  # one of the three textures
+    return mask, _render_texture(foreign, _TINTS.get(category, _NEUTRAL_TINT), clean.shape[0], rng)
 
 
 def _stain(clean: np.ndarray, category: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +231,13 @@ def render_demo_sample(
     depend on which other categories or how many images were generated.
     """
     folders = ("train", "good", *DEMO_DEFECT_TYPES)
-    if category not in DEMO_CATEGORIES:
-        raise DatasetError(f"unknown demo category {category!r}; valid names: {', '.join(DEMO_CATEGORIES)}")
+    if category not in MULTICLASS_DEMO_CATEGORIES:
+        raise DatasetError(
+            f"unknown demo category {category!r}; valid names: {', '.join(MULTICLASS_DEMO_CATEGORIES)}")
     if folder not in folders:
         raise ValueError(f"unknown demo folder {folder!r}; expected one of {', '.join(folders)}")
-    rng = np.random.default_rng([seed, DEMO_CATEGORIES.index(category), folders.index(folder), index])
-    clean = _to_uint8(_render_texture(category, _TINTS[category], image_size, rng))
+    rng = np.random.default_rng([seed, MULTICLASS_DEMO_CATEGORIES.index(category), folders.index(folder), index])
+    clean = _to_uint8(_render_texture(category, _TINTS.get(category, _NEUTRAL_TINT), image_size, rng))
     if folder in ("train", "good"):
         return DemoSample(clean, clean, np.zeros(clean.shape[:2], dtype=bool))
     mask, target = _DEFECTS[folder](clean.astype(np.float32) / 255.0, category, rng)
@@ -329,9 +352,10 @@ def make_demo_dataset(
     for a console bar pass e.g. ``lambda f, m: bar.update(round(f * 100) - bar.n)`` with ``bar = tqdm(total=100)``.
     """
     categories = tuple(dict.fromkeys(categories))
-    unknown = [c for c in categories if c not in DEMO_CATEGORIES]
+    unknown = [c for c in categories if c not in MULTICLASS_DEMO_CATEGORIES]
     if unknown or not categories:
-        raise DatasetError(f"unknown demo categories {unknown}; valid names: {', '.join(DEMO_CATEGORIES)}")
+        raise DatasetError(
+            f"unknown demo categories {unknown}; valid names: {', '.join(MULTICLASS_DEMO_CATEGORIES)}")
     if seed < 0 or n_train < 1 or n_test_good < 0 or n_test_defect < 0 or n_test_good + n_test_defect < 1:
         raise ValueError(
             "need seed >= 0, n_train >= 1, n_test_good >= 0, n_test_defect >= 0 and some test images"

@@ -137,3 +137,18 @@ class PatchCore(AnomalyModel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._set_bank(state["memory_bank"])
+
+
+@register
+class PatchCoreUnified(PatchCore):
+    """PatchCore's "unified" multi-class baseline: ONE memory bank over the normal patches of every class of
+    the run (the setting long-tailed and multi-class papers compare against), scored exactly like
+    PatchCore. The class of a test image is not used: a unified model is class-agnostic. Same config and
+    presets as PatchCore; its coreset ratio applies to the pooled patches, so the bank is as large as the
+    per-class banks together."""
+
+    name = "patchcore_unified"
+    learning_type = "multi_class"
+
+    def predict(self, images: torch.Tensor, categories: list[str] | None = None) -> Prediction:
+        return super().predict(images)

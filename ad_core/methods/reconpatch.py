@@ -569,3 +569,15 @@ class ReConPatch(AnomalyModel):
             member.set_bank(saved["memory_bank"])
             member.norm = saved["norm"]
         self.history = list(state.get("history", []))
+
+
+@register
+class ReConPatchUnified(ReConPatch):
+    """ReConPatch's "unified" multi-class baseline: f/g trained and one memory bank built over the normal
+    patches of every class of the run; class-agnostic scoring (the class of a test image is not used)."""
+
+    name = "reconpatch_unified"
+    learning_type = "multi_class"
+
+    def predict(self, images: torch.Tensor, categories: list[str] | None = None) -> Prediction:
+        return super().predict(images)

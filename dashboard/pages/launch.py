@@ -10,6 +10,7 @@ from ad_core.catalog import DATASET_KINDS
 from ad_core.config_text import parse_overrides
 from ad_core.data import DatasetError, list_categories
 from ad_core.methods import ConfigError, available_methods, get_method
+from ad_core.splits import SplitSpec
 from dashboard import state, ui
 
 st.title("Launch a comparison")
@@ -21,7 +22,8 @@ methods_available = available_methods()
 presets = sorted({"paper", *(p for m in methods_available for p in get_method(m).Config.PRESETS)})
 
 c1, c2 = st.columns(2)
-methods = c1.multiselect("Methods", methods_available, default=methods_available[:1], key="launch_methods",
+baseline = ["patchcore"] if "patchcore" in methods_available else methods_available[:1]
+methods = c1.multiselect("Methods", methods_available, default=baseline, key="launch_methods",
                          format_func=lambda m: f"{m} ({get_method(m).learning_type.replace('_', '-')})")
 preset = c2.selectbox("Preset", presets, index=presets.index("fast") if "fast" in presets else 0, key="launch_preset",
                       help="fast: CPU demos; paper: the papers' settings (GPU workers)")
@@ -31,6 +33,13 @@ kind = c1.selectbox("Dataset kind", DATASET_KINDS, index=DATASET_KINDS.index("de
 default_root = str(state.demo_root()) if kind == "demo" else ""
 root = c2.text_input("Dataset root", value=default_root, key=f"launch_root_{kind}",
                      placeholder="/data/mvtec_ad (the folder holding the categories)")
+
+if kind == "demo":
+    def _use_multiclass_demo() -> None:
+        st.session_state["launch_root_demo"] = str(state.ensure_multiclass_demo())
+
+    c2.button("Use the 10-class demo (for long-tailed and unified runs)", on_click=_use_multiclass_demo,
+              key="launch_multiclass_demo", help="Generates it on first use (a few seconds).")
 
 categories_available: list[str] = []
 if kind == "demo" and not Path(root).expanduser().is_dir():
@@ -48,15 +57,30 @@ elif root:
 categories = st.multiselect("Categories", categories_available, default=categories_available, key="launch_categories")
 
 c1, c2, c3 = st.columns([1, 1, 2])
-split_kind = c1.selectbox("Split", ["standard", "few_shot"], key="launch_split",
+split_kind = c1.selectbox("Split", ["standard", "few_shot", "long_tail"], key="launch_split",
                           help="standard: the dataset as downloaded. few_shot: DRA's protocol, k labelled anomalies "
                                "per class drawn with the run's seed and removed from the test set (every method runs "
-                               "on the same reduced test set; one-class methods do not see the anomalies).")
+                               "on the same reduced test set; one-class methods do not see the anomalies). "
+                               "long_tail: long-tailed training sets over the chosen classes (test sets unchanged).")
 split: dict = {"kind": split_kind}
 if split_kind == "few_shot":
     split["k"] = int(c2.number_input("k (anomalies per class)", min_value=1, value=10, key="launch_split_k"))
     split["setting"] = c3.radio("Setting", ["general", "hard"], horizontal=True, key="launch_split_setting",
                                 help="hard: the k anomalies come from one defect type, which leaves the test set")
+elif split_kind == "long_tail":
+    profile = c2.selectbox("Profile", ["exp100", "step100", "step_k4", "pareto", "imported list"],
+                           key="launch_split_profile",
+                           help="exp100: exponential counts, imbalance ratio 100; step100 / step_k4: 60 % of the "
+                                "classes cut to n_max/100 or to 4 images; pareto: Pareto-shaped counts (>= 5); "
+                                "imported list: a published split file (TailedCore JSON, or txt/csv/json paths)")
+    if profile == "imported list":
+        split["list"] = c3.text_input("List file", key="launch_split_list",
+                                      placeholder="/data/splits/mvtec_step_random_nr00_tk4_tr60_seed101.json")
+    else:
+        try:
+            split.update(SplitSpec.parse(f"long_tail:{profile}").to_dict())
+        except ConfigError as exc:
+            st.error(str(exc))
 
 c1, c2, c3 = st.columns(3)
 seeds_text = c1.text_input("Seeds", value="0", key="launch_seeds", help="e.g. `0 1 2` or `0-4`")

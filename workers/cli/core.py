@@ -118,14 +118,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ad_core.data import DEMO_CATEGORIES, make_demo_dataset
+    from ad_core.data import DEMO_CATEGORIES, MULTICLASS_DEMO_CATEGORIES, make_demo_dataset
+    from ad_core.home import multiclass_demo_root
     from ad_core.runner import RunSpec
 
-    root = make_demo_dataset(demo_root(), progress=None)
-    print(f"demo dataset: {root} (categories: {', '.join(DEMO_CATEGORIES)})")
-    spec = RunSpec(method="patchcore", dataset="demo", root=str(root), categories=list(DEMO_CATEGORIES),
+    categories = MULTICLASS_DEMO_CATEGORIES if args.multiclass else DEMO_CATEGORIES
+    root = make_demo_dataset(multiclass_demo_root() if args.multiclass else demo_root(), categories=categories,
+                             progress=None)
+    print(f"demo dataset: {root} (categories: {', '.join(categories)})")
+    if args.no_run:
+        return 0
+    spec = RunSpec(method="patchcore", dataset="demo", root=str(root), categories=list(categories),
                    preset="fast", seed=args.seed)
-    json_path = args.json or str(root.parent.parent / "results" / "demo-patchcore.json")
+    json_path = args.json or str(root.parent.parent / "results" / f"{root.name}-patchcore.json")
     execute(spec, json_path)
     return 0
 
@@ -149,6 +154,9 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate the demo dataset and run PatchCore on it (bundled weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="where to write the result JSON")
+    p.add_argument("--multiclass", action="store_true",
+                   help="the 10-class demo (for long-tailed and unified runs) instead of the 3-class one")
+    p.add_argument("--no-run", action="store_true", help="only generate the dataset")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("methods", help="list the registered methods and their presets")

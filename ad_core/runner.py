@@ -246,12 +246,22 @@ def git_commit() -> str:
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a number depends on, plus the BLAS libraries numpy/torch/faiss load (their
+    kernels and thread counts change results in the last digits)."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    try:
+        from threadpoolctl import threadpool_info
+
+        libraries = sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+                            + f" ({i.get('num_threads')} threads)" for i in threadpool_info()})
+        versions["blas"] = "; ".join(libraries) or "none found"
+    except ImportError:
+        versions["blas"] = "unknown (threadpoolctl not installed)"
     return versions
 
 

@@ -85,6 +85,28 @@ def request_of(job: Job, seed: int | None = None, categories: list[str] | None =
     )
 
 
+def copies_on_split(job_ids: Iterable[int], split: dict[str, Any]) -> tuple[list[queries.JobRequest], list[str]]:
+    """Requests that re-run these jobs on another split (same method, complete stored config, seed, categories
+    and device), each checked with the runner's own validation of that config; returns (requests, errors)."""
+    import dataclasses
+
+    from ad_core.errors import ConfigError, DatasetError, WeightsError
+    from ad_core.runner import RunSpec
+
+    requests, errors = [], []
+    for job in sorted(queries.list_jobs(job_ids=list(job_ids), limit=None), key=lambda j: j.id):
+        request = dataclasses.replace(request_of(job), split=dict(split))
+        try:
+            RunSpec(method=request.method, dataset=request.dataset, root=request.root,
+                    categories=list(request.categories), seed=request.seed, split=dict(split),
+                    config=dict(request.config)).validate()
+        except (ConfigError, DatasetError, WeightsError) as exc:
+            errors.append(f"{request.method} on {', '.join(request.categories)}: {exc}")
+            continue
+        requests.append(request)
+    return requests, errors
+
+
 def rerun(job_ids: Iterable[int]) -> tuple[str, list[int]]:
     """Submit fresh copies of these jobs (same config, seed and categories) in their own group."""
     jobs = sorted(queries.list_jobs(job_ids=list(job_ids), limit=None), key=lambda j: j.id)

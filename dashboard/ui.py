@@ -196,7 +196,7 @@ def _load_maps(root: str, rel_path: str, mtime: float) -> tuple[np.ndarray, list
 
 
 def load_maps(rel_path: str) -> tuple[np.ndarray, list[str]] | None:
-    """(float16 maps [N, H, W], image paths) of a stored map file, or None if the file is gone."""
+    """(maps [N, H, W], image paths) of a stored map file, or None if the file is gone."""
     from db import artifacts
 
     root = artifacts.artifacts_root()

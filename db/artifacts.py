@@ -1,6 +1,8 @@
-"""Anomaly-map artifacts: one compact float16 `.npz` per job x category under `IAD_ARTIFACTS`.
+"""Anomaly-map artifacts: one compressed float32 `.npz` per job x category under `IAD_ARTIFACTS`.
 
-Each file holds `maps` (float16 [N, H, W]) and `paths` (the N image paths, in map order). The database
+Each file holds `maps` (float32 [N, H, W]: PatchCore-style maps are squared distances that exceed float16's
+65504, and re-scoring from stored maps must give the metrics computed in memory; files written by
+earlier versions hold float16 and still load) and `paths` (the N image paths, in map order). The database
 stores paths *relative* to the artifacts root, so hosts that mount shared storage (NFS, an S3 mount) at
 different places still find the files. Files are written to a temporary name and renamed into place, so
 a reader never sees half a file. Layout: `maps/job-<id>/a<attempt>/<category>.npz` (one folder per attempt,
@@ -50,7 +52,7 @@ def save_maps(
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, maps=np.asarray(maps, dtype=np.float16), paths=np.asarray(list(paths), dtype=str))
+            np.savez_compressed(handle, maps=np.asarray(maps, dtype=np.float32), paths=np.asarray(list(paths), dtype=str))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -61,7 +63,7 @@ def save_maps(
 
 
 def load_map_file(rel_path: str, root: Path | None = None) -> tuple[np.ndarray, list[str]]:
-    """All maps (float16 [N, H, W]) and image paths of one stored file."""
+    """All maps ([N, H, W]; float32, or float16 in files of earlier versions) and image paths of one file."""
     with np.load((root or artifacts_root()) / rel_path, allow_pickle=False) as data:
         return data["maps"], [str(p) for p in data["paths"]]
 

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from db import queries
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-PAGES = ("leaderboard", "launch", "jobs", "run_detail", "export")
+PAGES = ("leaderboard", "imbalance", "launch", "jobs", "run_detail", "export")
 
 
 @pytest.fixture

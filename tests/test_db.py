@@ -299,13 +299,23 @@ def test_list_jobs_filters(db_url: str) -> None:
 # --- artifacts ------------------------------------------------------------------------------------------
 
 
-def test_maps_are_stored_as_float16_and_written_atomically(tmp_path: Path) -> None:
-    maps = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32) * 3
+def test_maps_are_stored_without_loss_and_written_atomically(tmp_path: Path) -> None:
+    # Squared distances of PatchCore-style scorers exceed float16's range (65504): stored maps must not
+    # overflow or lose resolution, so that re-scoring from them equals the metrics computed in memory.
+    maps = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32) * 3 + 65_000
+    maps[0, 0, 0] = 1e6
     rel = artifacts.save_maps(7, 1, "metal nut/x", maps, [f"img{i}.png" for i in range(5)], root=tmp_path)
     assert rel == "maps/job-000007/a1/metal_nut_x.npz"
     stored, paths = artifacts.load_map_file(rel, root=tmp_path)
-    assert stored.dtype == np.float16 and paths == [f"img{i}.png" for i in range(5)]
-    np.testing.assert_allclose(artifacts.load_maps(rel, [4, 1], root=tmp_path), maps[[4, 1]], rtol=1e-3, atol=1e-3)
+    assert stored.dtype == np.float32 and paths == [f"img{i}.png" for i in range(5)]
+    np.testing.assert_array_equal(stored, maps)
+    np.testing.assert_array_equal(artifacts.load_maps(rel, [4, 1], root=tmp_path), maps[[4, 1]])
+    labels, masks = np.array([0, 1, 0, 1, 0]), np.zeros((5, 16, 16), dtype=bool)
+    masks[1, :4], masks[3, 8:] = True, True
+    from ad_core.metrics import compute_all
+
+    assert compute_all(labels, stored.max(axis=(1, 2)), masks, stored) == compute_all(
+        labels, maps.max(axis=(1, 2)), masks, maps)
     assert [p.name for p in (tmp_path / "maps/job-000007/a1").iterdir()] == ["metal_nut_x.npz"]  # no tmp left
     with pytest.raises(ValueError):
         artifacts.save_maps(7, 1, "bad", maps, ["one path"], root=tmp_path)

@@ -178,6 +178,11 @@ def _body_rows(latex: str) -> list[str]:
     return [line.strip() for line in body.splitlines() if line.strip().endswith("\\\\")]
 
 
+def test_latex_escape_covers_what_pdflatex_rejects() -> None:
+    assert export.latex_escape("n<20 & n>100, 20≤n≤100, a−b, x_1 ± 0.1 – #1 50%") == (
+        r"n\textless{}20 \& n\textgreater{}100, 20$\leq$n$\leq$100, a-b, x\_1 $\pm$ 0.1 -- \#1 50\%")
+
+
 def test_latex_is_structurally_valid_booktabs(board: lb.Leaderboard) -> None:
     latex = export.to_latex(board)
     assert _environments_balanced(latex)

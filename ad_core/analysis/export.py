@@ -20,7 +20,7 @@ SUFFIXES = {"latex": ".tex", "csv": ".csv", "md": ".md"}
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
@@ -29,7 +29,7 @@ def latex_escape(text: str) -> str:
     text = _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
     # Unicode the default pdflatex setup cannot typeset.
     return (text.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("⚠", r"$^\ddagger$")
-            .replace("–", "--"))
+            .replace("–", "--").replace("≤", r"$\leq$").replace("≥", r"$\geq$").replace("−", "-"))
 
 
 EFFICIENCY_COLUMNS = {"images_per_s": ("img/s", "{:.1f}"), "fit_s": ("fit s", "{:.1f}")}

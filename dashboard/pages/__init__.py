@@ -20,6 +20,7 @@ class PageSpec:
 
 REGISTRY: tuple[PageSpec, ...] = (
     PageSpec("leaderboard", "pages/leaderboard.py", "Leaderboard", ":material/leaderboard:", default=True),
+    PageSpec("imbalance", "pages/imbalance.py", "Imbalance", ":material/scatter_plot:"),
     PageSpec("launch", "pages/launch.py", "Launch", ":material/rocket_launch:"),
     PageSpec("jobs", "pages/jobs.py", "Jobs", ":material/list_alt:"),
     PageSpec("run_detail", "pages/run_detail.py", "Run detail", ":material/image_search:"),

@@ -1,4 +1,7 @@
-"""`iad export`: the leaderboard of a dataset and metric as LaTeX, CSV or Markdown, from the command line."""
+"""`iad export`: the leaderboard of a dataset and metric as LaTeX, CSV or Markdown, from the command line.
+
+`--view imbalance` exports the head/medium/tail group table of a (long-tailed) split instead
+(`ad_core.analysis.imbalance.group_table`; `--grouping literature|tertiles`)."""
 
 from __future__ import annotations
 
@@ -29,14 +32,20 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
         root = roots[0]
     try:
-        board = results.leaderboard(args.dataset, args.metric, root=root, metric_version=args.metric_version,
-                                    methods=args.methods, categories=args.categories,
-                                    include_random=not args.no_random, group_id=args.group, split=args.split)
-    except ValueError as exc:  # an unknown split
+        if args.view == "imbalance":
+            board = _imbalance_board(args, root)
+        else:
+            board = results.leaderboard(args.dataset, args.metric, root=root, metric_version=args.metric_version,
+                                        methods=args.methods, categories=args.categories,
+                                        include_random=not args.no_random, group_id=args.group, split=args.split)
+    except ValueError as exc:  # an unknown split, no training counts for tertiles
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if board.empty:
         print("error: no results match these filters", file=sys.stderr)
+        return 2
+    if args.view == "imbalance" and args.efficiency:
+        print("error: --efficiency applies to the leaderboard view only", file=sys.stderr)
         return 2
     if board.other_versions:
         print(f"note: results with other metric versions ({', '.join(board.other_versions)}) are not included; "
@@ -47,6 +56,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if board.excluded:
         print(f"note: {board.excluded} job(s) ran on an older version of the data (different split content hash) "
               "and are left out", file=sys.stderr)
+    if getattr(board, "uncounted", 0):
+        print(f"note: {board.uncounted} result(s) have no stored training count (older runs) and are left out",
+              file=sys.stderr)
+    if getattr(board, "empty_groups", None):
+        print(f"note: no class in the {' and '.join(board.empty_groups)} group ({board.grouping.describe()}); "
+              "those cells are empty", file=sys.stderr)
     text = export.render(board, args.format, transpose=args.categories_as_rows, efficiency=args.efficiency)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +70,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _imbalance_board(args: argparse.Namespace, root: str):  # noqa: ANN202 (imbalance.GroupBoard)
+    """The head/medium/tail group table (`ad_core.analysis.imbalance`) of one split recipe; default split: the
+    long-tailed recipe with the most results."""
+    from ad_core.analysis import imbalance
+    from db import results
+
+    frame = results.results_frame(dataset=args.dataset, root=root, metrics=[args.metric], group_id=args.group)
+    points = imbalance.select_points(frame, args.metric, split=args.split, metric_version=args.metric_version,
+                                     methods=args.methods, categories=args.categories,
+                                     include_random=not args.no_random, dataset=args.dataset)
+    return imbalance.group_table(points, args.grouping)
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -68,9 +96,16 @@ def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--methods", nargs="+", help="only these methods")
     p.add_argument("--categories", nargs="+", help="only these categories")
     p.add_argument("--group", help="only jobs of this group/sweep")
-    p.add_argument("--split", help="split recipe label, e.g. 'few_shot(k=10, general)' (default: standard)")
+    p.add_argument("--split", help="split recipe label, e.g. 'few_shot(k=10, general)' (default: standard; "
+                                         "imbalance view: the long-tailed recipe with the most results)")
     p.add_argument("--no-random", action="store_true", help="leave out runs with random backbone weights")
     p.add_argument("--categories-as-rows", action="store_true", help="categories in rows, methods in columns")
     p.add_argument("--efficiency", action="store_true", help="add images/s and training-time columns (latex, md)")
+    p.add_argument("--view", default="leaderboard", choices=("leaderboard", "imbalance"),
+                   help="leaderboard: methods x categories; imbalance: methods x head/medium/tail groups of "
+                        "training images per class, plus the head-tail gap (default split: the long-tailed one)")
+    p.add_argument("--grouping", default="literature", choices=("literature", "tertiles"),
+                   help="imbalance view: literature = many > 100, medium 20-100, few < 20 images per class; "
+                        "tertiles = tertiles of the split's own per-class counts")
     p.set_defaults(func=cmd_export)
     return p

@@ -117,12 +117,24 @@ class SplitSpec:
 
         if not categories:
             raise ConfigError("no category given")
-        loaded = {category: load_split(dataset, root, category) for category in categories}
+        kind = get_split_kind(self.kind)
+        universe = kind.universe(self, categories)
+        outside = [c for c in categories if c not in universe]
+        if outside:
+            raise ConfigError(f"categories {outside} are not among the classes of split {self.label!r}: "
+                              f"{', '.join(universe)}")
+        loaded = {category: load_split(dataset, root, category) for category in universe}
         resolved = self.with_seed(run_seed)
-        splits = get_split_kind(self.kind).apply(resolved, loaded)
+        splits = kind.apply(resolved, loaded)
         for split in splits.values():
             split.recipe = resolved.to_dict()
-        return splits
+        return {category: splits[category] for category in categories}
+
+    def for_classes(self, categories: Sequence[str]) -> SplitSpec:
+        """The recipe bound to the classes it spans, for kinds whose lists depend on all of them (a long tail
+        ranks the classes against each other): a job that runs one class then gets the same lists as a run
+        over all of them. Other kinds come back unchanged."""
+        return get_split_kind(self.kind).bind(self, categories)
 
 
 def split_identity(recipe: Mapping[str, Any] | None) -> tuple[str, str, str]:
@@ -162,6 +174,13 @@ class SplitKind:
     seeded: ClassVar[bool] = True  # False: the kind draws nothing, so the seed does not change its lists
 
     location_options: ClassVar[tuple[str, ...]] = ()  # options left out of the comparability key
+
+    def universe(self, spec: SplitSpec, categories: Sequence[str]) -> list[str]:
+        """The classes to load to make the lists of `categories` (just those, unless the kind spans classes)."""
+        return list(categories)
+
+    def bind(self, spec: SplitSpec, categories: Sequence[str]) -> SplitSpec:
+        return spec
 
     def shorthand(self, token: str) -> dict[str, Any]:
         """Options that a bare CLI token stands for (e.g. `exp100`); none by default."""
@@ -300,9 +319,19 @@ class LongTailSplit(SplitKind):
     name: ClassVar[str] = "long_tail"
     defaults: ClassVar[dict[str, Any]] = {
         "profile": "exp", "ratio": 100, "tail_fraction": 0.6, "k": None, "min_count": 5, "n_max": None,
-        "list": None, "list_sha256": None, "noisy": "drop",
+        "list": None, "list_sha256": None, "noisy": "drop", "classes": None,
     }
     location_options: ClassVar[tuple[str, ...]] = ("list",)
+
+    def universe(self, spec: SplitSpec, categories: Sequence[str]) -> list[str]:
+        classes = dict(spec.options)["classes"]
+        return list(classes) if classes else list(categories)
+
+    def bind(self, spec: SplitSpec, categories: Sequence[str]) -> SplitSpec:
+        o = dict(spec.options)
+        if o["profile"] == "list" or o["classes"]:
+            return spec  # lists are per class; an explicit class set stays as it is
+        return SplitSpec.make(spec.kind, seed=spec.seed, **{**o, "classes": sorted(categories)})
 
     def shorthand(self, token: str) -> dict[str, Any]:
         import re
@@ -320,6 +349,13 @@ class LongTailSplit(SplitKind):
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         options = super().check(options)
+        if options["classes"] is not None:
+            classes = options["classes"]
+            if isinstance(classes, str):
+                classes = [c for c in classes.replace("+", " ").split() if c]
+            if not isinstance(classes, list | tuple) or len(set(classes)) < 2 or not all(isinstance(c, str) for c in classes):
+                raise ConfigError(f"long_tail classes must name at least 2 distinct classes, got {classes!r}")
+            options["classes"] = tuple(sorted(set(classes)))
         if options["list"] is not None and options["profile"] == self.defaults["profile"]:
             options["profile"] = "list"  # `long_tail:list=PATH` needs no profile=list
         profile = options["profile"]
@@ -379,7 +415,8 @@ class LongTailSplit(SplitKind):
                  "step": (f"step, {o['tail_fraction']:.0%} of the classes cut to "
                           + (f"{o['k']} images" if o["k"] else f"n_max/{o['ratio']:g}")),
                  "pareto": f"Pareto-shaped, ratio {o['ratio']:g}, at least {o['min_count']} images"}[o["profile"]]
-        return (f"long-tailed training sets ({shape}); head/tail classes and kept images drawn with {seed}; "
+        over = f" over {len(o['classes'])} classes" if o["classes"] else ""
+        return (f"long-tailed training sets{over} ({shape}); head/tail classes and kept images drawn with {seed}; "
                 "official test sets")
 
     def targets(self, spec: SplitSpec, available: Mapping[str, int]) -> dict[str, int]:

@@ -166,3 +166,63 @@ def test_newcomer_runs_the_demo_and_reads_the_results(app_url, tmp_path: Path, m
         settled(page)
         shot(page, "07-export.png")
         browser.close()
+
+
+def test_long_tailed_runs_fill_the_imbalance_page(app_url, tmp_path: Path, monkeypatch) -> None:
+    """Issue 10's acceptance path: a 3-seed exp100 run of PatchCore (per class) and unified PatchCore on the
+    multi-class demo goes through `iad submit` and the worker of `iad up`; the Imbalance page then shows
+    the scatter and the group table with numbers."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from ad_core.data import MULTICLASS_DEMO_CATEGORIES, make_demo_dataset
+
+    url, env, log_path = app_url
+    for key in ("IAD_HOME", "IAD_DATABASE_URL", "IAD_ARTIFACTS"):
+        monkeypatch.setenv(key, env[key])
+    from db import queries
+
+    root = make_demo_dataset(tmp_path / "demo-multiclass", categories=MULTICLASS_DEMO_CATEGORIES, n_train=24,
+                             n_test_good=2, n_test_defect=4, image_size=64)
+    submit = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "submit", "--method", "patchcore", "patchcore_unified", "--dataset",
+         "demo", "--root", str(root), "--split", "long_tail:exp100", "--seeds", "0", "1", "2", "--preset", "fast",
+         "--set", "resize=64", "--set", "crop=64", "--group", "long-tail"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert submit.returncode == 0, submit.stderr
+    ids = [int(i) for i in submit.stdout.strip().splitlines()[-1].split()]
+    assert len(ids) == 10 * 3 + 3  # per class x seed, plus one unified job per seed
+
+    def finished() -> bool:
+        counts = queries.job_counts(group_id="long-tail")
+        return counts["queued"] + counts["running"] == 0
+
+    try:
+        wait_for(finished, 600, "the long-tailed jobs to finish", interval=1.0)
+    except AssertionError:
+        raise AssertionError(f"{queries.job_counts()}\n{log_path.read_text()[-4000:]}") from None
+    failed = [j for j in queries.list_jobs(group_id="long-tail", limit=None) if j.status != "succeeded"]
+    assert not failed, [(j.id, j.status, j.error) for j in failed]
+    unified = [j for j in queries.list_jobs(group_id="long-tail", limit=None) if j.method == "patchcore_unified"]
+    assert all(len(j.categories) == 10 and len(queries.fit_units(j.id)) == 1 for j in unified)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        page.set_default_timeout(90_000)
+        expect.set_options(timeout=90_000)
+        page.goto(f"{url}/imbalance")
+        expect(page.get_by_text("Head, medium and tail classes")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+        points = page.locator(".js-plotly-plot .scatterlayer .point").count()
+        assert points >= 10, points  # one marker per class (and count) per method
+        table = page.locator("[data-testid='stTable'] table").first
+        cells = table.locator("td").all_inner_texts()
+        assert any(re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", c.strip()) for c in cells), cells  # 3 seeds: mean ± std
+        assert table.locator("th").filter(has_text="patchcore_unified").count() >= 1
+        page.wait_for_timeout(600)
+        page.screenshot(path=str(tmp_path / "imbalance.png"))
+        if os.environ.get("IAD_SCREENSHOTS"):
+            shutil.copy(tmp_path / "imbalance.png", Path(os.environ["IAD_SCREENSHOTS"]) / "08-imbalance.png")
+        browser.close()

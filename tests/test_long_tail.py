@@ -111,6 +111,23 @@ def test_test_sets_are_untouched_and_counts_recorded(demo: Path) -> None:
         SplitSpec.parse("long_tail:exp100").apply("demo", str(demo), ["brick"], 0)
 
 
+def test_a_one_class_job_sees_the_lists_of_the_whole_long_tail(demo: Path) -> None:
+    """Per-class jobs of a matrix: the recipe is bound to the matrix's classes (the planner does this), so a
+    job over one class gets exactly that class's lists of the run over all of them."""
+    cats = list(MULTICLASS_DEMO_CATEGORIES)
+    spec = SplitSpec.parse("long_tail:exp100")
+    whole = spec.apply("demo", str(demo), cats, run_seed=2)
+    bound = spec.for_classes(cats)
+    assert bound.key != spec.key and "over 10 classes" in bound.describe() and bound.label == spec.label
+    for c in ("brick", "hubble_deep_field"):
+        [alone] = bound.apply("demo", str(demo), [c], run_seed=2).values()
+        assert alone.content_hash() == whole[c].content_hash()
+    with pytest.raises(ConfigError, match="are not among the classes"):
+        SplitSpec.parse("long_tail:exp100").for_classes(["brick", "grass"]).apply("demo", str(demo), ["moon"], 0)
+    few_shot = SplitSpec.parse("few_shot:k=1")
+    assert few_shot.for_classes(cats) == few_shot  # per-class kinds are not bound
+
+
 def test_recipe_names_and_validation() -> None:
     assert SplitSpec.parse("long_tail:exp100").label == "long_tail(exp100)"
     assert SplitSpec.parse("long_tail:step_k4").label == "long_tail(step_k4)"

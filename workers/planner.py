@@ -73,7 +73,9 @@ def plan_jobs(
     elif any(seed < 0 for seed in seeds):
         plan.errors["seeds"] = f"seeds must be >= 0, got {list(seeds)}"
     try:
-        split_dict = SplitSpec.from_dict(split).to_dict()
+        # Bound to the matrix's classes: a long tail ranks them against each other, so each per-class job
+        # must see the same lists as a run over all of them.
+        split_dict = SplitSpec.from_dict(split).for_classes(list(categories)).to_dict()
     except ConfigError as exc:
         plan.errors["split"] = str(exc)
     if plan.errors:

@@ -193,8 +193,12 @@ def test_launch_validates_inline_and_creates_jobs(iad_env: Path, demo_root: Path
     at = open_app("launch")
     at.selectbox(key="launch_kind").select("demo").run()
     at.text_input(key="launch_root_demo").input(str(demo_root)).run()
-    at.multiselect(key="launch_methods").set_value(["patchcore"]).run()
-    at.multiselect(key="launch_categories").set_value(["brick", "grass"]).run()
+    assert at.multiselect(key="launch_methods").value == ["patchcore"]  # the baseline is the default
+    # A valid root pre-selects all of its categories.
+    assert at.multiselect(key=f"launch_categories_demo_{demo_root}").value == ["brick", "grass", "gravel"]
+    at.multiselect(key=f"launch_categories_demo_{demo_root}").set_value([]).run()
+    assert any("Launch is disabled: choose at least one category" in c.value for c in at.caption)
+    at.multiselect(key=f"launch_categories_demo_{demo_root}").set_value(["brick", "grass"]).run()
     at.text_input(key="launch_seeds").input("0-2").run()
     assert any("= 6 job(s)" in m.value for m in at.markdown)
 

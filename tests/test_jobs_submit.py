@@ -91,8 +91,9 @@ def test_bad_input_fails_at_submit_time_and_creates_no_jobs(
 def test_a_valid_matrix_creates_one_job_per_method_category_seed(
     stack: h.Stack, tiny_root: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    # Repeated options accumulate, as users expect (--seeds 0 --seeds 1 2 = seeds 0 1 2).
     code, out, err = _iad(capsys, "submit", "--method", "patchcore", "--dataset", "demo", "--root", str(tiny_root),
-                          "--seeds", "0", "1", "2", "--group", "sweep-1", *h.TINY_ARGS)
+                          "--seeds", "0", "--seeds", "1", "2", "--group", "sweep-1", *h.TINY_ARGS)
     assert code == 0, err
     ids = [int(i) for i in out.strip().splitlines()[-1].split()]
     assert "submitted 6 job(s) in group sweep-1" in out and len(ids) == 6
@@ -119,6 +120,13 @@ def test_cuda_jobs_go_to_the_gpu_queue(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("IAD_QUEUE_PREFIX", "team-a.")
     assert [queue_for_device(d) for d in ("cpu", "cuda", "cuda:1")] == ["team-a.cpu", "team-a.gpu", "team-a.gpu"]
+
+
+def test_repeated_method_options_accumulate(stack: h.Stack, tiny_root: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = _iad(capsys, "submit", "--method", "patchcore", "--method", "reconpatch", "--dataset", "demo",
+                          "--root", str(tiny_root), "--category", "brick", "--group", "both", *h.TINY_ARGS)
+    assert code == 0, err
+    assert sorted(j.method for j in queries.list_jobs(group_id="both", limit=None)) == ["patchcore", "reconpatch"]
 
 
 def test_migrate_command(stack: h.Stack, capsys: pytest.CaptureFixture) -> None:

@@ -54,7 +54,9 @@ elif root:
     except (DatasetError, OSError) as exc:
         st.error(str(exc))
 
-categories = st.multiselect("Categories", categories_available, default=categories_available, key="launch_categories")
+# Keyed by the root: a newly chosen root starts with all of its categories selected.
+categories = st.multiselect("Categories", categories_available, default=categories_available,
+                            key=f"launch_categories_{kind}_{root}")
 
 c1, c2, c3 = st.columns([1, 1, 2])
 split_kind = c1.selectbox("Split", ["standard", "few_shot", "long_tail"], key="launch_split",
@@ -109,6 +111,12 @@ st.markdown(f"**{len(methods)} method(s) × {len(categories)} categor{'y' if len
             f"× {len(seeds)} seed(s) = {n_jobs} job(s)**"
             + (f" ({', '.join(shared)}: one model over all categories per seed)" if shared else ""))
 
+if n_jobs == 0:
+    reasons = [why for why, missing in (("choose at least one method", not methods),
+                                        ("choose a dataset root with categories" if not categories_available
+                                         else "choose at least one category", not categories),
+                                        ("give at least one seed", not seeds)) if missing]
+    st.caption("Launch is disabled: " + "; ".join(reasons) + ".")
 if st.button(f"Launch {n_jobs} job(s)", type="primary", disabled=n_jobs == 0, key="launch_submit"):
     plan = state.MatrixPlan(errors=errors)
     if not errors:

@@ -47,6 +47,11 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `iad jobs | head`: the reader went away. Point stdout at /dev/null so that Python's exit-time
+        # flush does not raise again, and exit like a command killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
     """Arguments shared by `iad run` and `iad submit` (submit takes several methods and seeds)."""
     if multi:
-        parser.add_argument("--method", nargs="+", required=True, help="one or more methods (see `iad methods`)")
+        parser.add_argument("--method", nargs="+", action="extend", required=True,
+                            help="one or more methods (see `iad methods`; repeatable)")
     else:
         parser.add_argument("--method", required=True, help="a method name (see `iad methods`)")
     parser.add_argument("--dataset", required=True, choices=DATASET_KINDS)
@@ -40,7 +41,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> N
     parser.add_argument("--weights", help="imagenet | bundled | random (tests only) | PATH to a state_dict")
     parser.add_argument("--preset", help="config preset, e.g. fast or paper (default: paper defaults)")
     if multi:
-        parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+        parser.add_argument("--seeds", nargs="+", type=int, action="extend", help="seeds (repeatable; default: 0)")
     else:
         parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

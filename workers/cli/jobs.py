@@ -37,8 +37,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Validate everything before touching the database: a typo must not leave half a matrix queued.
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
     methods = list(dict.fromkeys(args.method))
+    seeds = args.seeds or [0]
     plan = plan_jobs(
-        methods, args.dataset, root, categories, args.seeds, split=SplitSpec.parse(args.split).to_dict(),
+        methods, args.dataset, root, categories, seeds, split=SplitSpec.parse(args.split).to_dict(),
         preset=args.preset, device=args.device, backbone=args.backbone, weights=args.weights,
         overrides=parse_overrides(args.overrides),
     )
@@ -52,10 +53,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except SubmitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    seeds = len(dict.fromkeys(args.seeds))
     print(f"submitted {len(ids)} job(s) in group {group_id} "
           f"({len(methods)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
-          f"x {seeds} seed(s); split {SplitSpec.parse(args.split).label})")
+          f"x {len(dict.fromkeys(seeds))} seed(s); split {SplitSpec.parse(args.split).label})")
     print(" ".join(str(i) for i in ids))
     return 0
 
@@ -177,10 +177,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     if app_path is not None:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.headless", "true",
+             "--server.address", args.host,
              "--server.port", str(args.port), "--browser.gatherUsageStats", "false"],
             start_new_session=True,
         ))
-        print(f"iad up: dashboard on http://localhost:{args.port}", flush=True)
+        print(f"iad up: dashboard on http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}",
+              flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print("iad up: WARNING: the dashboard is served on the network and has no sign-in yet: anyone who "
+                  "reaches this port can launch and cancel jobs", file=sys.stderr, flush=True)
     else:
         print("iad up: no dashboard/app.py found; running the worker only", flush=True)
     for proc in procs:
@@ -236,5 +241,7 @@ def add_job_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("up", help="migrate, then run a local worker and the dashboard (Ctrl-C stops both)")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the dashboard listens on (default: this machine only; 0.0.0.0 = the network)")
     p.add_argument("--stop-timeout", type=float, default=30, help="seconds to let the worker finish on stop")
     p.set_defaults(func=cmd_up)

@@ -63,7 +63,8 @@ BAD_INPUT = [  # (arguments replaced in a valid command line, what the one-line 
      "ReConPatch ensemble holds out 6 of the 6 normal training images of brick"),
     ({"--split": ["few_shot:k=9"]}, "few_shot k=9: demo/brick has only 4 anomalous test image(s)"),
     ({"--split": ["few_shot:k=2,setting=easy"]}, "few_shot setting must be 'general' or 'hard'"),
-    ({"--split": ["long_tail"]}, "unknown split kind 'long_tail' (not implemented yet); available: standard, few_shot"),
+    ({"--split": ["fewshot:k=2"]}, "unknown split kind 'fewshot'; available: standard, few_shot, long_tail"),
+    ({"--split": ["long_tail:zipf"]}, "long_tail name 'zipf' not understood"),
 ]
 
 

@@ -132,18 +132,47 @@ TINY_BY_METHOD = {
     "patchcore": dict(TINY),
     "reconpatch": {**TINY, "epochs": 1, "patches_per_epoch": 512},
     "isstad": {"resize": 64, "crop": 64, "stage1_epochs": 1, "stage2_epochs": 1},
+    "patchcore_unified": dict(TINY),
+    # A tiny CLIP architecture (registered below with open_clip) as LTAD's random foundation model.
+    "ltad": dict(resize=64, crop=64, batch_size=4, foundation="open_clip:LTAD-tiny-runner:random",
+                 patch_source="foundation", foundation_blocks=(1, 2), feature_dim=16, token_grid=4, rm_neighbour=1,
+                 n_name_tokens=2, name_steps=2, vae_steps=2, vae_hidden=8, vae_latent=4, vae_batch=4, rm_dim=16,
+                 rm_enc_layers=1, rm_dec_layers=1, rm_heads=2, rm_ff=32, sem_hidden=16, train_steps=2, train_batch=4),
+    "reconpatch_unified": {**TINY, "epochs": 1, "patches_per_epoch": 512},
+    "prn": {"resize": 64, "crop": 64, "epochs": 1, "attention_divisors": (1, 2, 4), "train_batch_size": 8},
 }
 
 
 @pytest.mark.parametrize("method", sorted(TINY_BY_METHOD))
-def test_every_registered_method_runs_through_the_runner(demo_root, method):
-    """What the job system and the dashboard rely on: fit, predict, metrics and provenance for any method."""
-    from ad_core.methods import available_methods
+def test_every_registered_method_runs_through_the_runner(demo_root, method, tmp_path):
+    """What the job system and the dashboard rely on: fit, predict, metrics and provenance for any method.
+
+    Few-shot supervised methods need labelled anomalies, which only a few_shot split provides (the runner
+    refuses the standard split for them): they get `few_shot:k=2`, i.e. 2 of the 8 anomalous test images move
+    into training."""
+    from ad_core.methods import available_methods, get_method
+    from ad_core.splits import SplitSpec
 
     assert set(available_methods()) == set(TINY_BY_METHOD), "add the new method to TINY_BY_METHOD"
-    result = run(tiny_spec(demo_root, method=method, overrides=TINY_BY_METHOD[method]))
+    extra = {}
+    if get_method(method).learning_type == "few_shot_supervised":
+        extra["split"] = SplitSpec.parse("few_shot:k=2").to_dict()
+    if get_method(method).learning_type == "multi_class":  # one model over several classes
+        extra["categories"] = ["brick", "grass"]
+    if method == "ltad":
+        import open_clip
+
+        (tmp_path / "LTAD-tiny-runner.json").write_text(json.dumps({
+            "embed_dim": 24,
+            "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+        }))
+        open_clip.add_model_config(tmp_path)
+    result = run(tiny_spec(demo_root, method=method, overrides=TINY_BY_METHOD[method], **extra))
     brick = result.categories["brick"]
-    assert brick.anomaly_maps.shape == (12, 64, 64) and np.isfinite(brick.anomaly_maps).all()
+    n_test = 12 - brick.counts["train_anomalous"]
+    assert brick.counts["test"] == n_test and brick.counts["train_anomalous"] == (2 if "split" in extra else 0)
+    assert brick.anomaly_maps.shape == (n_test, 64, 64) and np.isfinite(brick.anomaly_maps).all()
     assert all(v is not None and 0.0 <= v <= 1.0 for v in brick.metrics.values())
     assert result.provenance["weights_source"] and result.config["crop"] == 64
 

@@ -9,7 +9,12 @@ One small module per kind of thing, each saying where it comes from (official co
 - `postprocess`: patch score grids -> image scores + smoothed anomaly maps (`scores_to_prediction`);
 - `normalization`: robust score normalisation (`robust_stats`, `modified_z_score`, `MAD_BETA`) and image
   re-normalisation between backbones (`Renormalised`);
-- `losses`: generic training losses (`ssim`).
+- `losses`: generic training losses (`ssim`);
+- `seg_losses`: pixel-wise losses on anomaly probability maps (`focal_loss`, `smooth_l1_loss`);
+- `perlin`: Perlin noise and DRAEM-style thresholded Perlin masks for synthetic anomalies (`perlin_noise`,
+  `perlin_mask`);
+- `textures`: foreign texture images for synthetic anomalies, offline (scikit-image's bundled photos) or from a
+  folder such as DTD (`TextureSource`, `SKIMAGE_TEXTURES`).
 
 Components take plain parameters, never a method's config, so any method can use them; method-specific
 parts (e.g. ReConPatch's pseudo-labels and relaxed contrastive loss) stay in the method's own module.
@@ -20,19 +25,28 @@ from ad_core.components.coreset import approximate_greedy_coreset
 from ad_core.components.features import PatchFeatures, collect_patch_features
 from ad_core.components.losses import ssim
 from ad_core.components.normalization import MAD_BETA, Renormalised, modified_z_score, robust_stats
+from ad_core.components.perlin import perlin_mask, perlin_noise
 from ad_core.components.postprocess import scores_to_prediction
 from ad_core.components.scoring import NearestNeighbourScorer, check_patch_memory_bank
+from ad_core.components.seg_losses import focal_loss, smooth_l1_loss
+from ad_core.components.textures import SKIMAGE_TEXTURES, TextureSource
 
 __all__ = [
     "MAD_BETA",
+    "SKIMAGE_TEXTURES",
     "NearestNeighbourScorer",
     "PatchFeatures",
     "Renormalised",
+    "TextureSource",
     "approximate_greedy_coreset",
     "check_patch_memory_bank",
     "collect_patch_features",
+    "focal_loss",
     "modified_z_score",
+    "perlin_mask",
+    "perlin_noise",
     "robust_stats",
     "scores_to_prediction",
+    "smooth_l1_loss",
     "ssim",
 ]

@@ -3,7 +3,7 @@
 Importing this package imports every method module, which registers it.
 """
 
-from ad_core.methods import isstad, patchcore, reconpatch  # noqa: F401  (each registers itself)
+from ad_core.methods import isstad, ltad, patchcore, prn, reconpatch  # noqa: F401  (each registers itself)
 from ad_core.methods.base import (
     AnomalyModel,
     ConfigError,

@@ -273,7 +273,8 @@ def provenance(spec: RunSpec, weights_source: str) -> dict[str, Any]:
         "seed": spec.seed,
         "split": spec.split_spec.with_seed(spec.seed).to_dict(),
         "weights_source": weights_source,
-        "random_weights": weights_source == RANDOM_WEIGHTS_LABEL,
+        # Any part with random weights (a backbone, or LTAD's foundation model) flags the whole result.
+        "random_weights": RANDOM_WEIGHTS_LABEL in weights_source or "NOT pretrained" in weights_source,
         "metric_version": metrics.METRIC_VERSION,
         "packages": package_versions(),
         "threads": torch.get_num_threads(),

@@ -6,6 +6,8 @@ job; `iad jobs` and `iad cancel` on queued jobs. Embedded broker (SQLite file) o
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import jobs_helpers as h
@@ -125,9 +127,27 @@ def test_cuda_jobs_go_to_the_gpu_queue(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_repeated_method_options_accumulate(stack: h.Stack, tiny_root: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = _iad(capsys, "submit", "--method", "patchcore", "--method", "reconpatch", "--dataset", "demo",
-                          "--root", str(tiny_root), "--category", "brick", "--group", "both", *h.TINY_ARGS)
+                          "--root", str(tiny_root), "--category", "brick", "--category", "grass", "--group", "both",
+                          *h.TINY_ARGS)
     assert code == 0, err
-    assert sorted(j.method for j in queries.list_jobs(group_id="both", limit=None)) == ["patchcore", "reconpatch"]
+    assert sorted((j.method, j.categories[0]) for j in queries.list_jobs(group_id="both", limit=None)) == [
+        (m, c) for m in ("patchcore", "reconpatch") for c in ("brick", "grass")]
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_output_into_a_closed_pipe_exits_quietly(stack: h.Stack, unbuffered: str) -> None:
+    """`iad jobs | head`: the reader is gone before `iad` writes; no BrokenPipeError traceback, exit 141."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    env = {**stack.env, "PYTHONUNBUFFERED": unbuffered}
+    if not unbuffered:
+        env.pop("PYTHONUNBUFFERED")
+    try:
+        proc = subprocess.run([*h.IAD, "jobs"], env=env, cwd=stack.home, stdout=write_fd, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_fd)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
 def test_migrate_command(stack: h.Stack, capsys: pytest.CaptureFixture) -> None:

@@ -40,7 +40,9 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows up here, not in Python's exit-time flush
+        return code
     except (ConfigError, DatasetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ def require_server(name: str, host: str, port: int) -> None:
     """Skip locally when a server is down; in CI a missing server is a failure, not a skip."""
     if _reachable(host, port):
         return
-    message = f"{name} is not reachable on {host}:{port} (see /work/shared/services.md to start it)"
+    message = f"{name} is not reachable on {host}:{port} (start one there; `.ci/run` starts PostgreSQL, Redis and RabbitMQ when they are installed)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

@@ -69,6 +69,10 @@ def test_mean_std_over_seeds_and_ranking(board: lb.Leaderboard) -> None:
     assert board.row_label("isstad (fast)") == "isstad (fast) ⚠ random weights"
     assert board.cell("patchcore (fast)", "bottle") == "0.985 ± 0.007"
     assert board.seeds == [0, 1] and board.any_random
+    # The per-seed values behind each cell (the leaderboard's dot plot), the mean column included.
+    pc = board.seed_values[board.seed_values["variant"] == "patchcore (fast)"].set_index(["column", "seed"])["value"]
+    assert pc.sort_index().to_dict() == pytest.approx({("bottle", 0): 0.99, ("bottle", 1): 0.98, ("mean", 0): 0.98,
+                                                       ("mean", 1): 0.97, ("metal_nut", 0): 0.97, ("metal_nut", 1): 0.96})
 
 
 def test_rerun_replaces_and_never_counts_as_a_seed(url: str) -> None:

@@ -69,6 +69,9 @@ class Leaderboard:
     protocol: str = ""  # the split recipe in words
     other_splits: list[str] = field(default_factory=list)  # labels of recipes present but not shown
     excluded: int = 0  # results left out because their data (split content hash) changed since
+    # The values behind the means: one row per variant x column (categories + MEAN) x seed; columns
+    # variant, column, seed, value (the MEAN column's values are per-seed averages over the categories).
+    seed_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["variant", "column", "seed", "value"]))
 
     @property
     def empty(self) -> bool:
@@ -291,5 +294,11 @@ def build_leaderboard(
     for table in (mean, std, n, rank):
         table.index.name = "variant"
         table.columns.name = None
+    seed_values = pd.concat(
+        [frame[["variant", "category", "seed", "value"]].rename(columns={"category": "column"}),
+         *(pd.DataFrame({"variant": v, "column": MEAN, "seed": a.index.get_level_values("seed"), "value": a.values})
+           for v, a in seed_avgs.items())],
+        ignore_index=True,
+    )
     return Leaderboard(dataset, roots, metric, metric_version, cats, mean, std, n, rank, info, other, precision,
-                       split_key, split_label, protocol, other_splits, excluded)
+                       split_key, split_label, protocol, other_splits, excluded, seed_values)

@@ -10,8 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+import torch.nn.functional as F
+from scipy.ndimage import correlate, gaussian_filter
 
+from ad_core.components import ssim
 from ad_core.errors import WeightsError
 from ad_core.methods.base import AnomalyModel, ConfigError, get_method
 from ad_core.methods.isstad import (
@@ -27,6 +29,7 @@ from ad_core.methods.isstad import (
     random_resized_crop_flip,
     shape_mask,
 )
+from ad_core.methods.isstad import model as isstad_model
 
 TINY = dict(
     resize=32,
@@ -169,20 +172,150 @@ def test_loss_is_finite_and_decreases(fitted: ISSTAD) -> None:
     assert fitted.weights_source == "random (NOT pretrained)"
 
 
-def test_repair_target_switches_the_reconstruction_target(fitted: ISSTAD) -> None:
+@pytest.mark.parametrize("repair_target", ["clean", "corrupted"])
+def test_repair_target_is_the_target_the_reconstruction_losses_receive(
+    fitted: ISSTAD, monkeypatch, repair_target: str
+) -> None:
+    """MSE and SSIM get (reconstruction of the corrupted input, target): the clean image for "clean", the
+    corrupted network input for "corrupted" (the official code)."""
     clean = (train_images(2) - 0.5) / 0.5
     corrupted = clean.clone()
     corrupted[:, :, 8:16, 8:16] = 1.0
     labels = torch.zeros(2, 32, 32, dtype=torch.long)
     labels[:, 8:16, 8:16] = 1
-    _, parts_clean = fitted.stage2_loss(corrupted, clean, labels)
-    fitted.config.repair_target = "corrupted"
-    try:
-        _, parts_input = fitted.stage2_loss(corrupted, clean, labels)
-    finally:
-        fitted.config.repair_target = "clean"
-    assert parts_clean["rec"] != parts_input["rec"]
-    assert parts_clean["seg"] == pytest.approx(parts_input["seg"])
+    received: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"mse": [], "ssim": []}
+    real_mse, real_ssim = F.mse_loss, isstad_model.ssim
+
+    def recording_mse(a, b, *args, **kwargs):
+        received["mse"].append((a.detach().clone(), b.detach().clone()))
+        return real_mse(a, b, *args, **kwargs)
+
+    def recording_ssim(a, b, *args, **kwargs):
+        received["ssim"].append((a.detach().clone(), b.detach().clone()))
+        return real_ssim(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(isstad_model.F, "mse_loss", recording_mse)
+    monkeypatch.setattr(isstad_model, "ssim", recording_ssim)
+    monkeypatch.setattr(fitted.config, "repair_target", repair_target)
+    with torch.no_grad():
+        expected_rec, _ = fitted.net.forward_stage2(corrupted)
+        _, parts = fitted.stage2_loss(corrupted, clean, labels)
+    target, other = (clean, corrupted) if repair_target == "clean" else (corrupted, clean)
+    assert len(received["mse"]) == 1 and len(received["ssim"]) == 1
+    for rec, got in received["mse"] + received["ssim"]:
+        assert torch.equal(got, target)
+        torch.testing.assert_close(rec, expected_rec, rtol=1e-5, atol=1e-6)
+    expected_mse = float(((expected_rec - target) ** 2).mean())
+    assert parts["rec"] == pytest.approx(expected_mse, rel=1e-5)
+    assert parts["rec"] != pytest.approx(float(((expected_rec - other) ** 2).mean()), rel=1e-3)
+    assert parts["ssim"] == pytest.approx(1 - float(ssim(expected_rec, target)), rel=1e-5, abs=1e-7)
+
+
+def pytorch_ssim_reference(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """pytorch-ssim's SSIM (used by the official ISSTAD code, util/simm.py), written out independently in
+    float64 numpy: a 2-D Gaussian window (outer product of the normalised 1-D one), zero padding, C1 = 0.01²,
+    C2 = 0.03², mean over pixels, channels and images."""
+    g = np.array([math.exp(-((x - window // 2) ** 2) / (2 * sigma**2)) for x in range(window)])
+    w = np.outer(g / g.sum(), g / g.sum())
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return correlate(x, w, mode="constant", cval=0.0)
+
+    values = []
+    pairs = zip(
+        a.double().numpy().reshape(-1, *a.shape[-2:]),
+        b.double().numpy().reshape(-1, *b.shape[-2:]),
+        strict=True,
+    )
+    for x, y in pairs:
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        values.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_the_official_pytorch_ssim_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 32, 40, generator=g) * 2 - 1  # the stage-2 input space [-1, 1]
+    similar = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    unrelated = torch.rand(2, 3, 32, 40, generator=g) * 2 - 1
+    for b in (similar, unrelated):
+        assert float(ssim(a, b)) == pytest.approx(pytorch_ssim_reference(a, b), abs=1e-6)
+    assert float(ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    # the two pairs really are different cases (a high and a near-zero SSIM)
+    assert pytorch_ssim_reference(a, similar) > 0.4 and abs(pytorch_ssim_reference(a, unrelated)) < 0.05
+
+
+# --- stage-2 token order ------------------------------------------------------------------------------
+def stage2_reference(net: IsstadMAE, imgs: torch.Tensor, perm: torch.Tensor | None = None):
+    """The stage-2 forward written out: all patch tokens through the encoder (permuted by `perm` [N, L] after
+    the position embedding and never restored, as the official code's ratio-0 masking call), then the decoder
+    with its unpermuted position embedding; every decoder slot i is unpatchified to patch i."""
+    x = net.patch_embed(imgs) + net.pos_embed[:, 1:, :]
+    if perm is not None:
+        x = torch.stack([x[i, perm[i]] for i in range(len(x))])
+    x = torch.cat([(net.cls_token + net.pos_embed[:, :1, :]).expand(len(x), -1, -1), x], dim=1)
+    for blk in net.blocks:
+        x = blk(x)
+    x = net.decoder_embed(net.norm(x)) + net.decoder_pos_embed
+    logits = []
+    for blk in net.decoder_blocks:
+        x = blk(x)
+        logits.append(net.unpatchify(net.mask_pred(x)[:, 1:, :], channels=2))
+    return net.unpatchify(net.decoder_pred(net.decoder_norm(x))[:, 1:, :]), logits
+
+
+def test_stage2_keep_and_shuffle_token_orders() -> None:
+    torch.manual_seed(0)
+    net = IsstadMAE(32, 8, 32, 2, 2, 32, 3, 2, 2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        keep_rec, keep_logits = net.forward_stage2(x)
+        ref_rec, ref_logits = stage2_reference(net, x)
+        torch.testing.assert_close(keep_rec, ref_rec)
+        for got, ref in zip(keep_logits, ref_logits, strict=True):
+            torch.testing.assert_close(got, ref)
+
+        shuffled_rec, shuffled_logits = net.forward_stage2(
+            x, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+        perm = torch.argsort(torch.rand(2, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+        assert not torch.equal(perm, torch.arange(16).expand(2, -1))
+        ref_rec, ref_logits = stage2_reference(net, x, perm)
+        torch.testing.assert_close(shuffled_rec, ref_rec)
+        for got, ref in zip(shuffled_logits, ref_logits, strict=True):
+            torch.testing.assert_close(got, ref)
+        assert float((shuffled_rec - keep_rec).abs().max()) > 1e-2  # shuffling changes the output
+
+        again, _ = net.forward_stage2(x, shuffle=True, generator=torch.Generator().manual_seed(3))
+        other, _ = net.forward_stage2(x, shuffle=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again, shuffled_rec)  # deterministic for a seed
+    assert not torch.allclose(other, shuffled_rec)
+
+
+def test_shuffled_token_order_model_is_deterministic_for_a_seed(tmp_path) -> None:
+    def fit(order: str, seed: int) -> ISSTAD:
+        torch.manual_seed(seed)
+        model = ISSTAD(
+            ISSTADConfig.build("fast", **TINY, stage1_epochs=1, stage2_epochs=2, stage2_token_order=order)
+        )
+        model.fit(loader_of(train_images(4)))
+        return model
+
+    images = normalised(train_images(2))
+    shuffled = fit("shuffle", 5)
+    maps = shuffled.predict(images).anomaly_maps
+    np.testing.assert_array_equal(shuffled.predict(images).anomaly_maps, maps)  # every call the same
+    np.testing.assert_array_equal(
+        fit("shuffle", 5).predict(images).anomaly_maps, maps
+    )  # same seed, same model
+    assert not np.allclose(fit("shuffle", 6).predict(images).anomaly_maps, maps)
+    assert not np.allclose(fit("keep", 5).predict(images).anomaly_maps, maps)
+    shuffled.save(tmp_path / "shuffled.pt")
+    np.testing.assert_array_equal(
+        AnomalyModel.load(tmp_path / "shuffled.pt").predict(images).anomaly_maps, maps
+    )
 
 
 # --- scoring --------------------------------------------------------------------------------------------
@@ -354,6 +487,7 @@ def test_presets_build_and_register() -> None:
         6,
     )
     assert paper.mask_ratio == 0.75 and paper.sigma == 4.0 and paper.repair_target == "clean"
+    assert paper.stage2_token_order == "keep"
     assert (paper.ce_weight_normal, paper.ce_weight_anomalous) == (3.0, 1.0)
     assert ISSTADConfig.build(None) == paper
     fast = ISSTADConfig.build("fast")
@@ -369,6 +503,7 @@ def test_presets_build_and_register() -> None:
         {"mask_ratio": 1.0},
         {"mask_ratio": -0.1},
         {"repair_target": "input"},
+        {"stage2_token_order": "random"},
         {"stage1_decoder_depth": 6, "decoder_depth": 4},
         {"encoder_heads": 3},
         {"weights": "bundled"},

@@ -10,7 +10,10 @@ load by name):
   shared by all decoder blocks and applied to every block's output without a norm (deep supervision).
 
 Stage 1 (`forward_mae`) uses only the first `stage1_decoder_depth` decoder blocks with random masking;
-stage 2 (`forward_stage2`) runs the encoder unmasked and all `decoder_depth` blocks.
+stage 2 (`forward_stage2`) runs the encoder unmasked and all `decoder_depth` blocks. With `shuffle=True`
+stage 2 reproduces the official code's encoder call: its masking step with ratio 0 still permutes the patch
+tokens at random and the order is never restored, so decoder slot i carries the token of another patch while
+it gets the position embedding of patch i (see `ad_core.methods.isstad.model`, `stage2_token_order`).
 """
 
 from __future__ import annotations
@@ -153,15 +156,21 @@ class IsstadMAE(nn.Module):
 
     # --- encoder -------------------------------------------------------------------------------------
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float = 0.0,
+        generator: torch.Generator | None = None,
+        shuffle: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns (latent [N, 1+kept, D], mask [N, L] with 1 = removed, ids_restore [N, L]).
 
-        With mask_ratio 0 no shuffling happens at all (mask and ids_restore are None).
+        The patch tokens are permuted by argsort of uniform noise drawn from `generator` (MAE's
+        `random_masking`) when mask_ratio > 0 or `shuffle`; the kept tokens stay in that permuted order. With
+        mask_ratio 0 and shuffle=False nothing is permuted (mask and ids_restore are None).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         mask = ids_restore = None
-        if mask_ratio > 0:
+        if mask_ratio > 0 or shuffle:
             n, length, dim = x.shape
             keep = int(length * (1 - mask_ratio))
             # Noise on the CPU from our generator: the same masks on every device for a given seed.
@@ -212,14 +221,24 @@ class IsstadMAE(nn.Module):
 
     # --- stage 2 -------------------------------------------------------------------------------------
     def forward_stage2(
-        self, imgs: torch.Tensor, frozen_encoder: bool = True
+        self,
+        imgs: torch.Tensor,
+        frozen_encoder: bool = True,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(reconstruction [N,3,H,W], pixel-state logits per decoder block: list of [N,2,H,W])."""
+        """(reconstruction [N,3,H,W], pixel-state logits per decoder block: list of [N,2,H,W]).
+
+        shuffle=False: the tokens keep their order (token i = patch i all the way through). shuffle=True: the
+        official code's behaviour, the encoder's patch tokens are randomly permuted (noise from `generator`)
+        and never put back, so the decoder gets them in permuted order under the unpermuted decoder position
+        embedding, and its output slot i is unpatchified to patch i.
+        """
         if frozen_encoder:
             with torch.no_grad():
-                latent, _, _ = self.forward_encoder(imgs, 0.0)
+                latent, _, _ = self.forward_encoder(imgs, 0.0, generator, shuffle)
         else:
-            latent, _, _ = self.forward_encoder(imgs, 0.0)
+            latent, _, _ = self.forward_encoder(imgs, 0.0, generator, shuffle)
         x = self.decoder_embed(latent) + self.decoder_pos_embed
         logits = []
         for blk in self.decoder_blocks:

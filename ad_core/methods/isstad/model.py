@@ -24,30 +24,26 @@ RGB of the squared reconstruction error in the stage-2 input space.
 G = scipy.ndimage.gaussian_filter. The official map is additionally multiplied by 255 (irrelevant for every
 metric; not done here). Maps come back at the input resolution.
 
-Where we differ from the paper or the code (all configurable unless noted):
-- `repair_target="clean"` (default): the reconstruction loss targets the CLEAN image, i.e. the model learns
-  to repair corrupted regions as the paper describes. The official code reconstructs its (corrupted) input;
-  use `repair_target="corrupted"` for that.
-- No test-set model selection (not configurable): the model after the last stage-2 epoch is the result. The
-  official code evaluates the test set after every epoch and reports the best image AUROC and the best pixel
-  AUROC independently (possibly from different epochs), which is optimistic.
-- Pixel labels of the corruption are exact (pixels inside a shape that do not actually change by more than
-  `label_min_change` keep their clean value and are labelled normal; the official label is the whole drawn
-  shape). See `ad_core.methods.isstad.augment`.
-- Corruption is drawn at the model resolution on the preprocessed image instead of at the original image
-  resolution before resizing; the pixel constants of the official code are scaled accordingly.
-- Encoder initialisation: the official code starts from Meta's `mae_visualize_vit_large.pth` (encoder AND
-  decoder). `weights="imagenet"` uses timm's `vit_large_patch16_224.mae` (Meta's MAE-pretrained ViT-L/16
-  encoder; timm ships no decoder, so the decoder starts random); `weights=PATH` loads an MAE checkpoint
-  including the decoder (e.g. the official file); `weights="random"` is for tests and CPU demos and every
-  result is labelled "random (NOT pretrained)".
-- Geometry: stage-1 crops and corruption work on the preprocessed image (Resize + CenterCrop of the
-  framework); the paper preset uses resize = crop = 224, i.e. the official Resize([224, 224]) of the (square)
-  MVTec images.
+Where we differ from the paper or the official code (paper / official code / we do / why); every row is a
+config field unless marked fixed
+----------------------------------------------------------------------------------------------------------------
+| topic | paper | official code | we do | why |
+|---|---|---|---|---|
+| reconstruction target | the model "learns to repair corrupted regions" | MSE and SSIM against the network input, i.e. the corrupted image | `repair_target="clean"`: MSE and SSIM against the clean image; "corrupted" = the code | the paper's description; with the code's target the decoder is trained to reproduce the corruption too |
+| stage-2 token order | not described | the stage-2 encoder call is MAE's `random_masking` with ratio 0: the patch tokens are randomly permuted (unseeded global RNG), in training and at test time, and the order is never restored, so decoder slot i holds a random patch's token under patch i's decoder position embedding and is unpatchified to patch i | `stage2_token_order="keep"`: token i = patch i throughout (no permutation); "shuffle" = the code's behaviour, permutations drawn from the fit's seeded generator in training and, per prediction call, from a generator seeded with the fit seed (`shuffle_seed`), so a seed gives the same model and the same maps | a ratio-0 masking call that permutes looks incidental: nothing in the paper needs it, it makes the test maps depend on random noise, and the decoder has to undo the permutation through attention before its pixel-aligned heads make sense; "shuffle" is there to reproduce the code |
+| model selection | - | evaluates the test set after every stage-2 epoch and reports the best image AUROC and the best pixel AUROC independently (possibly from different epochs) | the model after the last stage-2 epoch (fixed) | choosing on the test set is optimistic |
+| corruption labels | - | the whole drawn shape is labelled anomalous | exact: pixels inside a shape that do not change by more than `label_min_change` keep their clean value and are labelled normal (`ad_core.methods.isstad.augment`) | the label should say which pixels changed |
+| corruption resolution | - | drawn at the original image resolution, before resizing | drawn at the model resolution on the preprocessed image; the code's pixel constants scaled accordingly (fixed) | the framework hands methods preprocessed images |
+| encoder initialisation | MAE pretrained | Meta's `mae_visualize_vit_large.pth` (encoder AND decoder) | `weights="imagenet"`: timm's `vit_large_patch16_224.mae` (Meta's MAE ViT-L/16 encoder; timm ships no decoder, so the decoder starts random); `weights=PATH`: an MAE checkpoint including the decoder (e.g. the official file); `weights="random"`: tests and CPU demos, every result labelled "random (NOT pretrained)" | timm's weights download by name; the official file can be passed as a path |
+| geometry | 224 x 224 | Resize([224, 224]) of the (square) MVTec images | stage-1 crops and corruption work on the framework's preprocessed image (Resize + CenterCrop); the paper preset uses resize = crop = 224, i.e. the official geometry | the framework's Preprocess |
 
-Choices where paper and code are silent (documented defaults, all config fields):
-- Cross-entropy uses PyTorch's weighted mean (sum of w_i * l_i over sum of w_i); the official
-  `util/losses.cross_entropy` was not available for reading.
+Checked against the official code (github.com/xjspin/ISSTAD at `e7820af`, `step2_pixel_ss_learning/util/losses.py`
+and `util/simm.py`): its `cross_entropy` is `F.cross_entropy(weight=..., reduction="mean")` (PyTorch's
+weighted mean, as ours; its ignore_index 256 never occurs) and its `SSIM` is the pytorch-ssim function
+(11x11 2-D Gaussian window with sigma 1.5, zero padding, C1 = 0.01², C2 = 0.03², mean over all pixels and
+channels); `ad_core.components.ssim` agrees with it to within 1e-7 (tests/test_isstad.py compares the two).
+
+Other choices (documented defaults, all config fields):
 - Batches are formed from a per-epoch permutation drawn from the seeded generator; the last, smaller batch
   is kept (no drop_last).
 - Per-category corruption settings of the code (capsule/carpet: 1 shape and whole image; carpet/zipper: dark
@@ -57,11 +53,9 @@ Choices where paper and code are silent (documented defaults, all config fields)
   other categories). ISSTAD is one model per category: training images of several categories are an error.
 - Stage-2 inputs are normalised with mean = std = 0.5 (range [-1, 1]) while stage 1 uses ImageNet mean/std,
   as the official code does (`stage2_normalization="half"`); "imagenet" keeps stage 1's normalisation.
-- Randomness (crops, MAE masks, corruption) comes from generators seeded by `torch.initial_seed()` at the
+- Randomness (crops, MAE masks, corruption, stage-2 token shuffles) comes from generators seeded by `torch.initial_seed()` at the
   start of `fit` (the runner seeds torch before fitting), so a seed gives the same model on a CPU.
 - AMP (bf16 where supported, else fp16 with a GradScaler) is used on CUDA only (`amp`).
-- SSIM uses zero padding and a mean over all pixels and channels (the pytorch-ssim convention that the
-  official `util/simm.SSIM` appears to follow; that file was not readable either): `ad_core.components.ssim`.
 - AdamW runs with `fused=True` (same update rule, several times faster on CPU).
 - `stage2_freeze_encoder=False` is an ablation switch (fine-tune the encoder in stage 2); it is not ISSTAD.
 - The `fast` preset (tiny random-init ViT, 128 px, 16-px patches, 50 + 70 epochs) is a CPU demo, not the
@@ -165,6 +159,7 @@ class ISSTADConfig(MethodConfig):
     ssim_window: int = 11
     ssim_sigma: float = 1.5
     repair_target: str = "clean"  # "clean" (paper) | "corrupted" (official code)
+    stage2_token_order: str = "keep"  # "keep" | "shuffle" (official code: random, never restored)
 
     # --- scoring / runtime ---
     sigma: float = 4.0
@@ -271,6 +266,10 @@ class ISSTADConfig(MethodConfig):
             raise ConfigError("ssim_window must be a positive odd number and ssim_sigma > 0")
         if self.repair_target not in ("clean", "corrupted"):
             raise ConfigError(f"repair_target must be 'clean' or 'corrupted', got {self.repair_target!r}")
+        if self.stage2_token_order not in ("keep", "shuffle"):
+            raise ConfigError(
+                f"stage2_token_order must be 'keep' or 'shuffle', got {self.stage2_token_order!r}"
+            )
         if self.sigma < 0:
             raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
 
@@ -333,6 +332,8 @@ class ISSTAD(AnomalyModel):
         self.history: list[dict[str, Any]] = []
         self.corruption_settings: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
+        # Seeds the stage-2 token shuffle at prediction time (stage2_token_order="shuffle"): the fit's seed.
+        self.shuffle_seed = 0
         prep = self.preprocess()
         self._in_mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
         self._in_std = torch.tensor(prep.std).view(1, 3, 1, 1)
@@ -412,6 +413,7 @@ class ISSTAD(AnomalyModel):
         seed = int(torch.initial_seed()) % 2**63
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
+        self.shuffle_seed = seed
         self.history = []
         total = c.stage1_epochs + c.stage2_epochs
         start = time.perf_counter()
@@ -420,7 +422,11 @@ class ISSTAD(AnomalyModel):
         start = time.perf_counter()
         settings = self._corruption(category)
         self._fit_stage2(
-            images, settings, rng, lambda f, m: progress((c.stage1_epochs + f * c.stage2_epochs) / total, m)
+            images,
+            settings,
+            rng,
+            generator,
+            lambda f, m: progress((c.stage1_epochs + f * c.stage2_epochs) / total, m),
         )
         self.timings["stage2_s"] = round(time.perf_counter() - start, 3)
         self.fitted = True
@@ -476,13 +482,25 @@ class ISSTAD(AnomalyModel):
             )
 
     def stage2_loss(
-        self, corrupted: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor
+        self,
+        corrupted: torch.Tensor,
+        clean: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Stage-2 loss for a batch in the stage-2 input space: CE over heads + w_rec MSE + w_ssim (1 - SSIM)."""
+        """Stage-2 loss for a batch in the stage-2 input space: CE over heads + w_rec MSE + w_ssim (1 - SSIM).
+
+        `generator` draws the token permutation when stage2_token_order="shuffle" (unused for "keep").
+        """
         c = self.config
         autocast, _ = self._autocast()
         with autocast:
-            rec, logits = self.net.forward_stage2(corrupted, frozen_encoder=c.stage2_freeze_encoder)
+            rec, logits = self.net.forward_stage2(
+                corrupted,
+                frozen_encoder=c.stage2_freeze_encoder,
+                shuffle=c.stage2_token_order == "shuffle",
+                generator=generator,
+            )
         rec = rec.float()
         weight = torch.tensor([c.ce_weight_normal, c.ce_weight_anomalous], device=rec.device)
         seg = torch.stack([F.cross_entropy(lg.float(), labels, weight=weight) for lg in logits]).mean()
@@ -501,6 +519,7 @@ class ISSTAD(AnomalyModel):
         images: torch.Tensor,
         settings: CorruptionSettings,
         rng: np.random.Generator,
+        generator: torch.Generator,
         progress: ProgressFn,
     ) -> None:
         c = self.config
@@ -533,7 +552,7 @@ class ISSTAD(AnomalyModel):
                 labels = torch.stack([p[1] for p in pairs]).to(self.device)
                 clean = images[index].to(self.device)
                 loss, parts = self.stage2_loss(
-                    self._stage2_space(corrupted), self._stage2_space(clean), labels
+                    self._stage2_space(corrupted), self._stage2_space(clean), labels, generator
                 )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -554,7 +573,10 @@ class ISSTAD(AnomalyModel):
     @torch.no_grad()
     def pixel_maps(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(P, R) [B,H,W] float32 at the input resolution: mean anomalous probability over the heads and the
-        per-pixel mean squared reconstruction error over RGB in the stage-2 input space."""
+        per-pixel mean squared reconstruction error over RGB in the stage-2 input space.
+
+        With stage2_token_order="shuffle" every call draws its token permutations from a generator seeded with
+        `shuffle_seed` (the fit's seed), so the same batch always gives the same maps."""
         self.net.eval()
         size = tuple(images.shape[-2:])
         unit = self._to_unit(images.float().to(self.device))
@@ -562,8 +584,10 @@ class ISSTAD(AnomalyModel):
             unit = F.interpolate(unit, size=(self.config.crop,) * 2, mode="bilinear", align_corners=False)
         x = self._stage2_space(unit)
         autocast, _ = self._autocast()
+        shuffle = self.config.stage2_token_order == "shuffle"
+        generator = torch.Generator().manual_seed(self.shuffle_seed) if shuffle else None
         with autocast:
-            rec, logits = self.net.forward_stage2(x)
+            rec, logits = self.net.forward_stage2(x, shuffle=shuffle, generator=generator)
         prob = torch.stack([lg.float().softmax(dim=1)[:, 1] for lg in logits]).mean(dim=0)
         error = ((rec.float() - x) ** 2).mean(dim=1)
         if size != prob.shape[-2:]:
@@ -587,6 +611,7 @@ class ISSTAD(AnomalyModel):
             "history": list(self.history),
             "corruption_settings": dict(self.corruption_settings),
             "timings": dict(self.timings),
+            "shuffle_seed": self.shuffle_seed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -597,6 +622,7 @@ class ISSTAD(AnomalyModel):
         self.history = list(state.get("history", []))
         self.corruption_settings = dict(state.get("corruption_settings", {}))
         self.timings = dict(state.get("timings", {}))
+        self.shuffle_seed = int(state.get("shuffle_seed", 0))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "corruption": self.corruption_settings}

@@ -7,6 +7,8 @@ launched from the pages go through the real submit path into an embedded broker 
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +115,13 @@ def test_a_real_job_run_in_process_shows_up_everywhere(iad_env: Path, demo_root:
     assert at.table[0].value["value"]["random weights"] == "yes"
 
 
+def _plotly_array(value: object) -> object:
+    """Plotly's JSON stores numeric arrays as {"dtype", "bdata" (base64)}: decode those to a list."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return value
+
+
 def test_leaderboard_shows_the_matrix_efficiency_and_chart(stored: dict) -> None:
     at = open_app()
     table = at.table[0].value
@@ -124,7 +133,17 @@ def test_leaderboard_shows_the_matrix_efficiency_and_chart(stored: dict) -> None
     cell = table.loc["patchcore (fast)", "brick"]
     assert "±" in cell and float(cell.split("±")[0]) > 0.5
     assert at.warning and "random weights" in at.warning[0].value
-    assert at.get("plotly_chart")
+    # The chart is a dot plot: per variant one dot per seed and column, and the mean with ± std whiskers.
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = {(t["name"], "seeds" if t.get("showlegend") is False else "mean"): {k: _plotly_array(v) for k, v in t.items()}
+              for t in spec["data"]}
+    assert {t["type"] for t in spec["data"]} == {"scatter"} and len(traces) == 2 * len(table)
+    for label in table.index:
+        seeds, mean = traces[(label, "seeds")], traces[(label, "mean")]
+        assert sorted(zip(seeds["x"], seeds["customdata"], strict=True)) == [
+            (c, s) for c in ("brick", "grass", "mean") for s in (0, 1)]
+        assert mean["x"] == ["brick", "grass", "mean"] and mean["error_y"]["visible"]
+        assert float(table.loc[label, "brick"].split("±")[0]) == pytest.approx(mean["y"][0], abs=5e-4)
     efficiency = at.dataframe[0].value
     assert {"images/s", "fit s / category"} <= set(efficiency.columns)
     assert efficiency["images/s"].notna().all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -60,21 +61,37 @@ st.dataframe(efficiency, hide_index=True, column_config={
     "peak RSS MB": st.column_config.NumberColumn(format="%.0f"),
 })
 
-# Chart: one bar per variant and category, error bars = std over seeds.
+# Chart: a dot plot (positions, not bar lengths, carry the values, so the axis need not start at 0):
+# one small dot per seed and a diamond for the mean with ± std whiskers; variants side by side.
 fig = go.Figure()
 columns = [*board.categories, lb.MEAN]
-for variant in board.mean.index:
-    fig.add_bar(
-        name=board.row_label(variant), x=columns, y=board.mean.loc[variant, columns],
-        error_y={"type": "data", "array": board.std.loc[variant, columns].fillna(0), "visible": True},
-        marker_pattern_shape="/" if rows.at[variant, "random_weights"] else "",
+palette = plotly.colors.qualitative.Plotly
+for i, variant in enumerate(board.mean.index):
+    label, color = board.row_label(variant), palette[i % len(palette)]
+    random_weights = bool(rows.at[variant, "random_weights"])
+    seeds = board.seed_values[board.seed_values["variant"] == variant]
+    fig.add_scatter(
+        name=label, legendgroup=label, offsetgroup=label, showlegend=False, mode="markers",
+        x=seeds["column"], y=seeds["value"], customdata=seeds["seed"],
+        marker={"size": 7, "color": color, "opacity": 0.5, "symbol": "circle-open" if random_weights else "circle"},
+        hovertemplate=f"{label}<br>%{{x}}, seed %{{customdata}}: %{{y:.3f}}<extra></extra>",
     )
-fig.update_layout(barmode="group", yaxis_title=board.metric_label, height=420, margin={"t": 30, "b": 10},
-                  legend={"orientation": "h", "y": -0.15})
-low = board.mean[columns].min().min()
-if pd.notna(low):
-    fig.update_yaxes(range=[max(0.0, low - 0.1), 1.0])
+    fig.add_scatter(
+        name=label, legendgroup=label, offsetgroup=label, mode="markers",
+        x=columns, y=board.mean.loc[variant, columns],
+        error_y={"type": "data", "array": board.std.loc[variant, columns].fillna(0), "visible": True,
+                 "color": color, "thickness": 1.5, "width": 6},
+        marker={"size": 12, "color": color, "symbol": "diamond-open" if random_weights else "diamond",
+                "line": {"width": 2 if random_weights else 0, "color": color}},
+        hovertemplate=f"{label}<br>%{{x}}: mean %{{y:.3f}}<extra></extra>",
+    )
+fig.add_vline(x=len(board.categories) - 0.5, line={"dash": "dot", "width": 1, "color": "gray"})
+fig.update_layout(scattermode="group", scattergap=0.5, yaxis_title=board.metric_label, height=420,
+                  margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": -0.15})
+fig.update_xaxes(categoryorder="array", categoryarray=columns)
 st.plotly_chart(fig, width="stretch")
+st.caption("Dots: one per seed; diamond: the mean, whiskers ± std over seeds (open markers: random weights). "
+           "The axis spans the values shown and does not start at 0.")
 
 with st.expander("Jobs behind this table"):
     shown = results[results["metric_version"] == board.metric_version]

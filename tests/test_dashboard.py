@@ -256,10 +256,14 @@ def _submit(n: int = 2, **kw) -> tuple[str, list[int]]:
 
 def test_jobs_page_cancels_queued_and_running_jobs(iad_env: Path) -> None:
     group, ids = _submit(2)
-    assert queries.claim_job(ids[1], host="w", device="cpu") is not None  # the second one is running
+    job = queries.claim_job(ids[1], host="w", device="cpu")  # the second one is running
+    assert job is not None and queries.report_progress(ids[1], job.attempts, 0.4875, "fitting")
     at = open_app("jobs")
     table = at.dataframe[0].value
     assert set(table["id"]) == set(ids) and {"progress", "worker", "elapsed"} <= set(table.columns)
+    # Whole percent on a 0-100 scale, so that "49%" sits next to "0%" and "100%", never "48.75%".
+    assert dict(zip(table["id"], table["progress"], strict=True)) == {ids[0]: 0, ids[1]: 49}
+    assert list(table.columns[:7]) == ["id", "status", "progress", "method", "categories", "seed", "elapsed"]
     at.multiselect(key="jobs_selected").set_value(ids).run()
     at.button(key="jobs_cancel").click().run()
     assert not at.exception

@@ -15,6 +15,7 @@ import pytest
 
 from ad_core.analysis import export
 from ad_core.analysis import leaderboard as lb
+from ad_core.catalog import METRIC_VERSION
 from dashboard.sample_data import Image, store_job
 from db import results
 from workers.cli import main as export_main
@@ -196,14 +197,19 @@ def test_latex_is_structurally_valid_booktabs(board: lb.Leaderboard) -> None:
     assert len(rows) == 3, "one row per method"
     assert all(row.count("&") == 3 for row in rows)
     patchcore, padim, isstad = rows
-    assert patchcore.startswith("patchcore (fast) &") and patchcore.count(r"\textbf{") == 3
-    assert padim.count(r"\underline{") == 3 and r"$\pm$" in padim
-    assert isstad.startswith(r"isstad (fast)$^\ddagger$") and r"\textbf" not in isstad
+    # Display names (methods without one, like padim here, keep theirs), a random-weight mark.
+    assert patchcore.startswith("PatchCore (fast) &") and patchcore.count(r"\textbf{") == 3
+    assert padim.startswith("padim (fast) &") and padim.count(r"\underline{") == 3 and r"$\pm$" in padim
+    assert isstad.startswith(r"ISSTAD (fast)$^\ddagger$") and r"\textbf" not in isstad
     assert "metal\\_nut" in latex and "metal_nut" not in latex.replace("metal\\_nut", "")
+    # A short caption; the full provenance is a comment above the table, with the booktabs requirement.
     caption = re.search(r"\\caption\{(.*)\}", latex).group(1)
-    for needle in ("Image AUROC", "on mvtec", "split: standard (the dataset as downloaded", "2 seeds", "metric version iad-metrics-1",
-                   r"$^\ddagger$ random backbone weights"):
-        assert needle in caption
+    assert caption == (r"Image AUROC on MVTec AD (standard split), mean $\pm$ std over 2 seeds; best in bold, second "
+                       r"underlined. $^\ddagger$ Random backbone weights, not ranked.")
+    comment = latex.splitlines()[0]
+    assert comment.startswith(r"% Needs \usepackage{booktabs}.")
+    for needle in ("split: standard (the dataset as downloaded", "2 seeds (0, 1)", f"metric version {METRIC_VERSION}"):
+        assert needle in comment
     assert "⚠" not in latex and "±" not in latex  # pdflatex-safe
 
 
@@ -218,6 +224,7 @@ def test_latex_with_categories_as_rows_has_a_rule_above_the_mean(board: lb.Leade
     latex = export.to_latex(board, transpose=True)
     assert _environments_balanced(latex)
     assert [r.split(" &")[0] for r in _body_rows(latex)] == ["bottle", "metal\\_nut", "mean"]
+    assert "category & PatchCore (fast) & padim (fast) & ISSTAD (fast)$^\\ddagger$ \\\\" in latex
     assert "\\midrule\nmean &" in latex
     assert latex.count(r"\begin{tabular}{lccc}") == 1
 

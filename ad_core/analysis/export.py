@@ -32,6 +32,35 @@ def latex_escape(text: str) -> str:
             .replace("–", "--").replace("≤", r"$\leq$").replace("≥", r"$\geq$").replace("−", "-"))
 
 
+# Names as papers print them (LaTeX rows and caption); methods and datasets not listed keep their own name.
+METHOD_DISPLAY_NAMES = {
+    "patchcore": "PatchCore", "patchcore_unified": "PatchCore (unified)", "reconpatch": "ReConPatch",
+    "reconpatch_unified": "ReConPatch (unified)", "isstad": "ISSTAD", "ltad": "LTAD", "prn": "PRN",
+}
+DATASET_DISPLAY_NAMES = {"mvtec": "MVTec AD", "btad": "BTAD"}
+
+
+def display_label(board: Leaderboard, variant: str) -> str:
+    """'PatchCore (fast)' for the variant 'patchcore (fast)' (preset, config hash and marks are kept)."""
+    label = board.row_label(variant)
+    method = str(board.rows.at[variant, "method"])
+    return METHOD_DISPLAY_NAMES.get(method, method) + label[len(method):] if label.startswith(method) else label
+
+
+def latex_caption(board: Leaderboard) -> str:
+    """A caption as short as papers have them: what was measured on what, and how to read the table. The
+    full provenance (split protocol, seed list, metric version) goes into a comment above the table."""
+    seeds = board.seeds
+    dataset = DATASET_DISPLAY_NAMES.get(board.dataset, board.dataset)
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "single seed"
+    text = f"{board.metric_label} on {dataset} ({board.split_label} split), {spread}; best in bold, second underlined."
+    if board.incomplete:
+        text += " † Mean over a subset of the categories."
+    if board.any_random:
+        text += " ⚠ Random backbone weights, not ranked."
+    return latex_escape(text)
+
+
 EFFICIENCY_COLUMNS = {"images_per_s": ("img/s", "{:.1f}"), "fit_s": ("fit s", "{:.1f}")}
 
 
@@ -61,10 +90,18 @@ def _latex_label(text: str) -> str:
 
 
 def to_latex(board: Leaderboard, transpose: bool = False, label: str | None = None, efficiency: bool = False) -> str:
-    """A complete `table` environment (booktabs) ready to \\input into a paper (needs \\usepackage{booktabs})."""
+    """A complete `table` environment (booktabs) ready to \\input into a paper (needs \\usepackage{booktabs}).
+
+    Methods go by their display names ('PatchCore (fast)'); the caption is short, and the full one (split
+    protocol, seeds, metric version) is a comment above the table."""
     if board.empty:
         raise ValueError("the leaderboard is empty: nothing to export")
     cells, rank = _matrix(board, transpose, efficiency)
+    names = {board.row_label(v): display_label(board, v) for v in board.mean.index}
+    if transpose:
+        cells.columns = [names.get(c, c) for c in cells.columns]
+    else:
+        cells.index = pd.Index([names.get(i, i) for i in cells.index], name=cells.index.name)
     body = cells.map(latex_escape)
     body.index = [_latex_label(i) for i in cells.index]
     body.columns = [_latex_label(c) for c in cells.columns]
@@ -77,14 +114,15 @@ def to_latex(board: Leaderboard, transpose: bool = False, label: str | None = No
     latex = styler.to_latex(
         hrules=True,  # booktabs: \toprule, \midrule, \bottomrule
         column_format="l" + "c" * body.shape[1],
-        caption=latex_escape(board.caption(with_root=False)),
+        caption=latex_caption(board),
         label=label or f"tab:{re.sub('[^a-z0-9]+', '-', f'{board.dataset}-{board.metric}'.lower())}",
         position_float="centering",
     )
     if transpose:
         # A rule above the mean row, as in papers.
         latex = re.sub(rf"(?m)^({re.escape(MEAN)} &)", r"\\midrule\n\1", latex)
-    return latex
+    details = latex_escape(board.caption(with_root=False)).replace("\n", " ")
+    return f"% Needs \\usepackage{{booktabs}}. {details}\n{latex}"
 
 
 def to_csv(board: Leaderboard) -> str:

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from metric_reference import assert_metrics_match_outputs
 
 from ad_core.components import focal_loss, perlin_mask, perlin_noise, smooth_l1_loss
 from ad_core.methods.base import AnomalyModel, ConfigError, get_method
@@ -301,7 +302,7 @@ def fitted_run(demo_root):
     return result, seen
 
 
-def test_runner_trains_on_the_split_anomalies_and_tests_without_them(fitted_run) -> None:
+def test_runner_trains_on_the_split_anomalies_and_tests_without_them(demo_root, fitted_run) -> None:
     result, seen = fitted_run
     brick = result.categories["brick"]
     trained = {p for p, label in seen if label == 1}
@@ -310,7 +311,7 @@ def test_runner_trains_on_the_split_anomalies_and_tests_without_them(fitted_run)
     assert len(brick.train_anomalies) == 2  # the result records the anomalies the fit saw
     assert all(any(p.endswith("/" + q) for q in brick.train_anomalies) for p in trained)
     assert brick.anomaly_maps.shape == (len(brick.images), 64, 64) and np.isfinite(brick.anomaly_maps).all()
-    assert all(v is not None and 0 <= v <= 1 for v in brick.metrics.values())
+    assert_metrics_match_outputs(few_shot_spec(demo_root), brick)  # the metrics of these maps and masks
     details = result.units[0].details
     assert details["generation"]["real_anomalies"] == 2 and details["generation"]["generated"]["perlin"] > 0
     assert "scikit-image" in details["generation"]["texture_source"]

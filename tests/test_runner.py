@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from metric_reference import assert_metrics_match_outputs
 
 from ad_core import metrics
 from ad_core.methods import ConfigError
@@ -28,7 +29,7 @@ def test_run_produces_metrics_images_maps_and_provenance(demo_root, demo_params)
     n_test = demo_params["n_test_good"] + demo_params["n_test_defect"]
     assert len(brick.images) == n_test and brick.anomaly_maps.shape == (n_test, 64, 64)
     assert set(brick.metrics) == set(metrics.METRIC_NAMES)
-    assert all(0.0 <= v <= 1.0 for v in brick.metrics.values())
+    assert_metrics_match_outputs(tiny_spec(demo_root, categories=["brick", "gravel"]), brick)
     # the stored image scores are the ones the metric saw
     labels = np.array([i.label for i in brick.images])
     scores = np.array([i.score for i in brick.images])
@@ -168,12 +169,13 @@ def test_every_registered_method_runs_through_the_runner(demo_root, method, tmp_
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
         }))
         open_clip.add_model_config(tmp_path)
-    result = run(tiny_spec(demo_root, method=method, overrides=TINY_BY_METHOD[method], **extra))
+    spec = tiny_spec(demo_root, method=method, overrides=TINY_BY_METHOD[method], **extra)
+    result = run(spec)
     brick = result.categories["brick"]
     n_test = 12 - brick.counts["train_anomalous"]
     assert brick.counts["test"] == n_test and brick.counts["train_anomalous"] == (2 if "split" in extra else 0)
     assert brick.anomaly_maps.shape == (n_test, 64, 64) and np.isfinite(brick.anomaly_maps).all()
-    assert all(v is not None and 0.0 <= v <= 1.0 for v in brick.metrics.values())
+    assert_metrics_match_outputs(spec, brick)
     assert result.provenance["weights_source"] and result.config["crop"] == 64
 
 

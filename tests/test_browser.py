@@ -112,6 +112,7 @@ def test_newcomer_runs_the_demo_and_reads_the_results(app_url, tmp_path: Path, m
         # 1. Empty database: the first-run offer.
         page.goto(url)
         expect(page.get_by_text("Welcome: your results database is empty")).to_be_visible()
+        expect(page.get_by_text("Deploy", exact=True)).to_have_count(0)  # dashboard/.streamlit: viewer toolbar
         shot(page, "01-first-run.png")
 
         # 2. One click: demo data + comparison submitted; we land on the Jobs page.

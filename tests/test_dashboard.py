@@ -138,11 +138,15 @@ def test_leaderboard_shows_the_matrix_efficiency_and_chart(stored: dict) -> None
     traces = {(t["name"], "seeds" if t.get("showlegend") is False else "mean"): {k: _plotly_array(v) for k, v in t.items()}
               for t in spec["data"]}
     assert {t["type"] for t in spec["data"]} == {"scatter"} and len(traces) == 2 * len(table)
+    assert spec["layout"]["xaxis"]["ticktext"] == ["brick", "grass", "mean"]
+    low, high = spec["layout"]["yaxis"]["range"]
+    assert 0.3 < low < high <= 1.01, "the axis spans the values, not 0 to 1"
     for label in table.index:
         seeds, mean = traces[(label, "seeds")], traces[(label, "mean")]
-        assert sorted(zip(seeds["x"], seeds["customdata"], strict=True)) == [
+        assert sorted((c, int(s)) for c, s in seeds["customdata"]) == [
             (c, s) for c in ("brick", "grass", "mean") for s in (0, 1)]
-        assert mean["x"] == ["brick", "grass", "mean"] and mean["error_y"]["visible"]
+        assert mean["customdata"] == ["brick", "grass", "mean"] and mean["error_y"]["visible"]
+        assert [round(x) for x in mean["x"]] == [0, 1, 2]  # one column each, the ticks name them
         assert float(table.loc[label, "brick"].split("±")[0]) == pytest.approx(mean["y"][0], abs=5e-4)
     efficiency = at.dataframe[0].value
     assert {"images/s", "fit s / category"} <= set(efficiency.columns)

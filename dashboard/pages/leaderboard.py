@@ -61,34 +61,49 @@ st.dataframe(efficiency, hide_index=True, column_config={
     "peak RSS MB": st.column_config.NumberColumn(format="%.0f"),
 })
 
-# Chart: a dot plot (positions, not bar lengths, carry the values, so the axis need not start at 0):
-# one small dot per seed and a diamond for the mean with ± std whiskers; variants side by side.
+# Chart: a dot plot (positions, not bar lengths, carry the values, so the axis need not start at 0): per
+# column and variant a diamond for the mean with ± std whiskers, and one small dot per seed spread beside it.
 fig = go.Figure()
 columns = [*board.categories, lb.MEAN]
 palette = plotly.colors.qualitative.Plotly
+slot = 0.7 / max(len(board.mean.index), 1)  # the width of one variant within a column
 for i, variant in enumerate(board.mean.index):
     label, color = board.row_label(variant), palette[i % len(palette)]
     random_weights = bool(rows.at[variant, "random_weights"])
+    offset = -0.35 + (i + 0.5) * slot
     seeds = board.seed_values[board.seed_values["variant"] == variant]
+    rank = seeds.groupby("column")["seed"].rank(method="first") - 1  # spread a column's seeds evenly
+    count = seeds.groupby("column")["seed"].transform("count")
+    jitter = ((rank + 0.5) / count - 0.5) * 0.6 * slot
     fig.add_scatter(
-        name=label, legendgroup=label, offsetgroup=label, showlegend=False, mode="markers",
-        x=seeds["column"], y=seeds["value"], customdata=seeds["seed"],
-        marker={"size": 7, "color": color, "opacity": 0.5, "symbol": "circle-open" if random_weights else "circle"},
-        hovertemplate=f"{label}<br>%{{x}}, seed %{{customdata}}: %{{y:.3f}}<extra></extra>",
+        name=label, legendgroup=label, showlegend=False, mode="markers",
+        x=seeds["column"].map(columns.index) + offset + jitter, y=seeds["value"],
+        customdata=seeds[["column", "seed"]].to_numpy(),
+        marker={"size": 6, "color": color, "opacity": 0.55, "symbol": "circle-open" if random_weights else "circle"},
+        hovertemplate=f"{label}<br>%{{customdata[0]}}, seed %{{customdata[1]}}: %{{y:.3f}}<extra></extra>",
     )
     fig.add_scatter(
-        name=label, legendgroup=label, offsetgroup=label, mode="markers",
-        x=columns, y=board.mean.loc[variant, columns],
+        name=label, legendgroup=label, mode="markers",
+        x=[k + offset for k in range(len(columns))], y=board.mean.loc[variant, columns], customdata=columns,
         error_y={"type": "data", "array": board.std.loc[variant, columns].fillna(0), "visible": True,
-                 "color": color, "thickness": 1.5, "width": 6},
-        marker={"size": 12, "color": color, "symbol": "diamond-open" if random_weights else "diamond",
+                 "color": color, "thickness": 1.5, "width": 5},
+        marker={"size": 11, "color": color, "symbol": "diamond-open" if random_weights else "diamond",
                 "line": {"width": 2 if random_weights else 0, "color": color}},
-        hovertemplate=f"{label}<br>%{{x}}: mean %{{y:.3f}}<extra></extra>",
+        hovertemplate=f"{label}<br>%{{customdata}}: mean %{{y:.3f}}<extra></extra>",
     )
 fig.add_vline(x=len(board.categories) - 0.5, line={"dash": "dot", "width": 1, "color": "gray"})
-fig.update_layout(scattermode="group", scattergap=0.5, yaxis_title=board.metric_label, height=420,
-                  margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": -0.15})
-fig.update_xaxes(categoryorder="array", categoryarray=columns)
+fig.update_layout(yaxis_title=board.metric_label, height=420, margin={"t": 30, "b": 10},
+                  legend={"orientation": "h", "y": -0.15})
+fig.update_xaxes(tickmode="array", tickvals=list(range(len(columns))), ticktext=columns,
+                 range=[-0.5, len(columns) - 0.5], showgrid=False, zeroline=False)
+# The y axis spans the dots and whiskers (every metric here lies in [0, 1]).
+spread = board.std[columns].fillna(0)
+values = pd.concat([board.seed_values["value"], (board.mean[columns] - spread).stack(),
+                    (board.mean[columns] + spread).stack()]).dropna().clip(0.0, 1.0)
+if len(values):
+    low, high = float(values.min()), float(values.max())
+    pad = max(0.08 * (high - low), 0.005)
+    fig.update_yaxes(range=[low - pad, high + pad])
 st.plotly_chart(fig, width="stretch")
 st.caption("Dots: one per seed; diamond: the mean, whiskers ± std over seeds (open markers: random weights). "
            "The axis spans the values shown and does not start at 0.")

@@ -66,16 +66,62 @@ def test_scores_to_prediction_definition():
     np.testing.assert_allclose(pred.anomaly_maps[1], gaussian_filter(up[1], sigma=4), rtol=1e-5, atol=1e-6)
 
 
-def test_patch_features_aggregate_local_neighbourhoods():
-    """The 3x3 aggregation equals a direct neighbourhood gather, and pooling follows the official layout."""
-    pf = PatchFeatures("resnet18", "random", pretrain_embed_dim=64, target_embed_dim=32, device="cpu")
-    feature = torch.randn(1, 4, 5, 5)
-    patches = pf._patchify(feature)  # [1,5,5,36]
-    padded = F.pad(feature, (1, 1, 1, 1))
-    direct = padded[0, :, 1:4, 2:5].reshape(-1)  # neighbourhood of position (1, 2), channel-major
-    torch.testing.assert_close(patches[0, 1, 2], direct)
-    out = pf(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 8, 8, 32)
+def _adaptive_average(vector: np.ndarray, size: int) -> np.ndarray:
+    """Adaptive 1-D average pooling by hand: output k averages inputs floor(k n / size) .. ceil((k+1) n / size)."""
+    n = len(vector)
+    return np.array([vector[(k * n) // size : -((-(k + 1) * n) // size)].mean() for k in range(size)])
+
+
+def _neighbourhood(feature: np.ndarray, i: int, j: int) -> np.ndarray:
+    """The 3x3 neighbourhood of position (i, j) of [C, h, w], zero outside, channel-major (c, di, dj)."""
+    c, h, w = feature.shape
+    out = np.zeros((c, 3, 3))
+    for di in range(3):
+        for dj in range(3):
+            y, x = i + di - 1, j + dj - 1
+            if 0 <= y < h and 0 <= x < w:
+                out[:, di, dj] = feature[:, y, x]
+    return out.reshape(-1)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] bilinear interpolation matrix, half-pixel centres (align_corners=False), edges clamped."""
+    weights = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        src = max(0.0, (o + 0.5) * n_in / n_out - 0.5)
+        i0 = min(int(np.floor(src)), n_in - 1)
+        i1, frac = min(i0 + 1, n_in - 1), src - i0
+        weights[o, i0] += 1 - frac
+        weights[o, i1] += frac
+    return weights
+
+
+def test_patch_features_follow_the_official_aggregation_by_hand():
+    """PatchCore's locally aware features, computed by hand as the official code does (PatchMaker + Preprocessing
+    (MeanMapper) + Aggregator + the bilinear upsampling of `_embed`): per stage the 3x3 zero-padded
+    neighbourhood of every position flattened channel-major, the coarser stage's neighbourhoods upsampled to
+    the finest grid, each stage's vector adaptive-average-pooled to pretrain_embed_dim, the stages
+    concatenated and pooled to target_embed_dim. Dimensions are chosen so that every pooling bin is uneven
+    (overlapping bins), which a different flattening order or pooling would not reproduce."""
+    pf = PatchFeatures("resnet18", "random", pretrain_embed_dim=4, target_embed_dim=3, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    fine = torch.randn(2, 2, 4, 4, generator=g)  # stage 1: 2 channels x 9 = 18 values -> 4
+    coarse = torch.randn(2, 3, 2, 2, generator=g)  # stage 2: 27 values -> 4, grid 2x2 -> 4x4
+    pf.backbone = lambda images: [fine, coarse]
+    out = pf(torch.zeros(2, 3, 16, 16))
+    assert out.shape == (2, 4, 4, 3)
+
+    up = _bilinear_weights(2, 4)
+    for b in range(2):
+        grid = range(2)
+        hoods_coarse = np.array([[_neighbourhood(coarse[b].numpy(), i, j) for j in grid] for i in grid])
+        hoods_up = np.einsum("yi,xj,ijd->yxd", up, up, hoods_coarse)  # each component bilinearly upsampled
+        for i in range(4):
+            for j in range(4):
+                stage1 = _adaptive_average(_neighbourhood(fine[b].numpy(), i, j), 4)
+                stage2 = _adaptive_average(hoods_up[i, j], 4)
+                expected = _adaptive_average(np.concatenate([stage1, stage2]), 3)
+                np.testing.assert_allclose(out[b, i, j].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_config_presets_and_validation():

@@ -268,6 +268,8 @@ def test_jobs_page_cancels_queued_and_running_jobs(iad_env: Path) -> None:
     # Whole percent on a 0-100 scale, so that "49%" sits next to "0%" and "100%", never "48.75%".
     assert dict(zip(table["id"], table["progress"], strict=True)) == {ids[0]: 0, ids[1]: 49}
     assert list(table.columns[:7]) == ["id", "status", "progress", "method", "categories", "seed", "elapsed"]
+    assert list(table["detail"]) == ["", ""], "no link (and no 'None') before a job succeeds"
+    assert "attempts" not in table.columns and table["worker"].tolist() == ["w · cpu", "cpu"]
     at.multiselect(key="jobs_selected").set_value(ids).run()
     at.button(key="jobs_cancel").click().run()
     assert not at.exception

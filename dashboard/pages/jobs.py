@@ -36,9 +36,10 @@ else:
 limit = c3.number_input("Show", min_value=10, max_value=2000, value=100, step=50, key="jobs_limit")
 
 
-def _table(jobs: list) -> pd.DataFrame:
-    # The columns people scan first come first, so that a narrow window cuts the least useful ones.
-    return pd.DataFrame([{
+def _table(jobs: list, with_group: bool) -> pd.DataFrame:
+    # The columns people scan first come first, so that a narrow window cuts the least useful ones; attempts
+    # only when a job may be retried, the group only when the table is not already one group's.
+    table = pd.DataFrame([{
         "id": j.id,
         "status": j.status + (" (cancel requested)" if j.cancel_requested and j.status == "running" else ""),
         "progress": round(100 * j.progress),  # whole percent: "49%" next to "100%", never "48.75%"
@@ -46,14 +47,16 @@ def _table(jobs: list) -> pd.DataFrame:
         "categories": ", ".join(j.categories),
         "seed": j.seed,
         "elapsed": j.elapsed_text,
-        "detail": f"run_detail?job={j.id}" if j.status == "succeeded" else None,
+        "detail": f"run_detail?job={j.id}" if j.status == "succeeded" else "",
         "message": j.message,
-        "device": j.worker_device or j.device,
-        "worker": j.worker_host or "",
+        "worker": f"{j.worker_host} · {j.worker_device or j.device}" if j.worker_host else j.device,
         "dataset": j.dataset.kind,
         "attempts": f"{j.attempts}/{j.max_attempts}",
         "group": j.group_id or "",
     } for j in jobs])
+    if all(j.max_attempts <= 1 and j.attempts <= 1 for j in jobs):
+        table = table.drop(columns="attempts")
+    return table if with_group else table.drop(columns="group")
 
 
 @st.fragment(run_every=REFRESH_S)
@@ -73,8 +76,9 @@ def live_jobs() -> None:
     if not jobs:
         st.info("No jobs match these filters.")
         return
-    st.dataframe(_table(jobs), hide_index=True, key="jobs_table", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%d%%"),
+    st.dataframe(_table(jobs, with_group=group is None), hide_index=True, key="jobs_table", column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%d%%",
+                                                     width="small"),
         "message": st.column_config.TextColumn(width="medium"),
         "detail": st.column_config.LinkColumn("detail", display_text="open"),
     })

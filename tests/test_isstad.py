@@ -141,10 +141,20 @@ def test_shapes_stay_in_the_foreground_box() -> None:
         assert xs.min() >= x0 and ys.min() >= y0 and xs.max() <= x1 and ys.max() <= y1
 
 
-def test_stage1_crop_keeps_shape_and_range() -> None:
+def test_stage1_crop_zooms_and_flips_and_keeps_shape_and_range() -> None:
     images = train_images(3)
     out = random_resized_crop_flip(images, np.random.default_rng(0))
     assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.allclose(out, images, atol=1e-2)  # default scale: zoomed crops
+    # a crop of the whole image (scale 1, aspect 1) gives back the image, horizontally flipped or not
+    images = train_images(8)
+    whole = random_resized_crop_flip(images, np.random.default_rng(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    flipped = []
+    for got, image in zip(whole, images, strict=True):
+        same, mirrored = torch.allclose(got, image, atol=1e-5), torch.allclose(got, image.flip(-1), atol=1e-5)
+        assert same or mirrored
+        flipped.append(mirrored)
+    assert any(flipped) and not all(flipped)  # the flip happens with probability 1/2
 
 
 # --- network and losses -----------------------------------------------------------------------------------
@@ -356,9 +366,24 @@ def test_scores_helper_handles_flat_error_and_sigma_zero() -> None:
 
 
 def test_maps_come_back_at_the_input_resolution(fitted: ISSTAD) -> None:
-    images = normalised(object_image(48)[None])
-    prediction = fitted.predict(images)
+    """Other sizes: the image is resized (bilinear) to the model's crop, P and R are resized back to the input
+    size, and the scoring runs there."""
+    unit = object_image(48)[None]
+    unit[:, :, 18:30, 18:30] = 1.0  # a bright square, so that the maps are not flat
+    prediction = fitted.predict(normalised(unit))
     assert prediction.anomaly_maps.shape == (1, 48, 48)
+    x = (F.interpolate(unit, size=(32, 32), mode="bilinear", align_corners=False) - 0.5) / 0.5
+    with torch.no_grad():
+        rec, logits = fitted.net.forward_stage2(x)
+    prob = torch.stack([lg.softmax(1)[:, 1] for lg in logits]).mean(0)
+    error = ((rec - x) ** 2).mean(1)
+    back = [
+        F.interpolate(m[:, None], size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+        for m in (prob, error)
+    ]
+    scores, maps = isstad_scores(back[0].numpy(), back[1].numpy(), sigma=4.0)
+    np.testing.assert_allclose(prediction.anomaly_maps, maps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(prediction.image_scores, scores, rtol=1e-4)
 
 
 # --- persistence and determinism ------------------------------------------------------------------------

@@ -7,6 +7,8 @@ the standard library), so that the CLI's `--help`, `iad jobs` and the dashboard 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Dataset kinds with a loader in ad_core.data (`iad run/submit --dataset`, the Launch page).
 DATASET_KINDS: tuple[str, ...] = ("mvtec", "btad", "folder", "demo")
 
@@ -34,6 +36,27 @@ LEARNING_TYPES: dict[str, str] = {
     "multi_class": "one model for all categories, trained on their normal images together",
 }
 
+# The built-in methods by name, so that name checks (`iad methods`, `iad submit`'s typo check, the Launch page)
+# need no torch: name -> the module whose import registers it (`ad_core.methods.base.register`), its learning
+# type, and the presets its config accepts ("paper" = the config's defaults, first). The registry itself stays
+# the truth: tests/test_catalog.py checks that both agree, and methods from IAD_PLUGINS are only known to it.
+@dataclass(frozen=True)
+class MethodEntry:
+    module: str
+    learning_type: str
+    presets: tuple[str, ...]
+
+
+METHODS: dict[str, MethodEntry] = {
+    "isstad": MethodEntry("ad_core.methods.isstad.model", "one_class", ("paper", "fast")),
+    "ltad": MethodEntry("ad_core.methods.ltad.model", "multi_class", ("paper", "fast")),
+    "patchcore": MethodEntry("ad_core.methods.patchcore", "one_class", ("paper", "fast", "ensemble")),
+    "patchcore_unified": MethodEntry("ad_core.methods.patchcore", "multi_class", ("paper", "fast", "ensemble")),
+    "prn": MethodEntry("ad_core.methods.prn.model", "few_shot_supervised", ("paper", "fast")),
+    "reconpatch": MethodEntry("ad_core.methods.reconpatch", "one_class", ("paper", "fast", "ensemble")),
+    "reconpatch_unified": MethodEntry("ad_core.methods.reconpatch", "multi_class", ("paper", "fast", "ensemble")),
+}
+
 # How a category's images are split into train and test: name -> one-line description.
 SPLIT_KINDS: dict[str, str] = {
     "standard": "the dataset's official train/test split",
@@ -57,9 +80,11 @@ __all__ = [
     "FINAL_STATUSES",
     "JOB_STATUSES",
     "LEARNING_TYPES",
+    "METHODS",
     "METRICS",
     "METRIC_NAMES",
     "METRIC_VERSION",
+    "MethodEntry",
     "QUEUES",
     "SPLIT_KINDS",
 ]

@@ -88,8 +88,12 @@ class RunSpec:
         return cls.Config.build(self.preset, backbone=self.backbone, weights=self.weights, **self.overrides)
 
     def validate(self) -> MethodConfig:
-        """Check everything that can be checked without training; raise ConfigError/DatasetError."""
-        return self.prepare().config
+        """Check everything that can be checked without training, including that the pretrained weights can
+        be had on this machine (submit time; `run` itself does not ask again); raise ConfigError/DatasetError/
+        WeightsError."""
+        config = self.prepare().config
+        config.check_weights_available()
+        return config
 
     def prepare(self) -> RunPlan:
         """Validate and resolve: the config, the concrete split of every category and the fit units."""

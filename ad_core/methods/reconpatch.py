@@ -192,7 +192,8 @@ class ReConPatchConfig(MethodConfig):
     """
 
     # --- frozen patch features (PatchCore's, `ad_core.components.PatchFeatures`) ---
-    backbone: str = "wide_resnet50_2"
+    # torchvision's ImageNet weights, as official PatchCore (timm's default tag, racm_in1k, is another training).
+    backbone: str = "wide_resnet50_2.tv_in1k"
     weights: str = "imagenet"
     stages: tuple[int, ...] = (2, 3)
     patch_size: int = 3
@@ -241,8 +242,10 @@ class ReConPatchConfig(MethodConfig):
         # The paper's ensemble (WRN-101 + ResNeXt-101 + DenseNet-201, 384-d f, 60 epochs, lr 1e-6) at 320 px
         # with the official PatchCore ensemble geometry (Resize 366, CenterCrop 320).
         "ensemble": {
-            "backbone": "wide_resnet101_2",
-            "ensemble_backbones": ("wide_resnet101_2", "resnext101_32x8d", "densenet201"),
+            # Tags pinned to torchvision's weights (official PatchCore's ensemble; timm's defaults today, but a
+            # timm release that changes a default must not change these results silently).
+            "backbone": "wide_resnet101_2.tv_in1k",
+            "ensemble_backbones": ("wide_resnet101_2.tv_in1k", "resnext101_32x8d.tv_in1k", "densenet201.tv_in1k"),
             "epochs": 60,
             "lr": 1e-6,
             "resize": 366,

@@ -105,8 +105,13 @@ def execute(spec: RunSpec, json_path: str | None) -> RunResult:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ad_core.runner import RunSpec
     from ad_core.splits import SplitSpec
+    from workers.planner import MatrixPlan, check_names
+
+    # A typo fails before torch is imported (seconds) or a demo dataset is generated.
+    SplitSpec.parse(args.split)
+    MatrixPlan(errors=check_names([args.method], args.dataset, args.preset)).raise_errors()
+    from ad_core.runner import RunSpec
 
     root, categories = resolve_dataset(args.dataset, args.root, args.category)
     spec = RunSpec(
@@ -137,12 +142,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ad_core.methods import available_methods, get_method
+    import os
 
-    for name in available_methods():
-        cls = get_method(name)
-        presets = ", ".join(["paper", *[p for p in cls.Config.PRESETS if p != "paper"]])
-        print(f"{name:12s} presets: {presets}")
+    from ad_core.catalog import METHODS
+
+    if os.environ.get("IAD_PLUGINS", "").strip():  # plugin methods are only known to the registry (imports torch)
+        from ad_core.methods import available_methods, get_method
+
+        presets_of = {name: ["paper", *[p for p in get_method(name).Config.PRESETS if p != "paper"]]
+                      for name in available_methods()}
+    else:  # the built-in methods from the catalogue: no torch (tests/test_catalog.py keeps it in step)
+        presets_of = {name: list(entry.presets) for name, entry in sorted(METHODS.items())}
+    for name, presets in presets_of.items():
+        print(f"{name:12s} presets: {', '.join(presets)}")
     return 0
 
 

@@ -31,12 +31,15 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ad_core.splits import SplitSpec
-    from db.session import init_db
-    from workers.planner import plan_jobs
+    from workers.planner import MatrixPlan, check_names, plan_jobs
 
     # Validate everything before touching the database: a typo must not leave half a matrix queued.
-    root, categories = resolve_dataset(args.dataset, args.root, args.category)
+    # Names, split and override syntax first, without torch or the database: a typo fails in a blink.
     methods = list(dict.fromkeys(args.method))
+    SplitSpec.parse(args.split)
+    parse_overrides(args.overrides)
+    MatrixPlan(errors=check_names(methods, args.dataset, args.preset)).raise_errors(methods)
+    root, categories = resolve_dataset(args.dataset, args.root, args.category)
     seeds = args.seeds or [0]
     plan = plan_jobs(
         methods, args.dataset, root, categories, seeds, split=SplitSpec.parse(args.split).to_dict(),
@@ -44,6 +47,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
     )
     plan.raise_errors(methods)  # ConfigError/DatasetError naming the problem (and the method)
+
+    from db.session import init_db
 
     init_db()
     from workers.celery_app import SubmitError, submit_jobs

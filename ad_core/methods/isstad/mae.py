@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block, PatchEmbed
 
+from ad_core.backbones import pretrained_weights_label
 from ad_core.errors import WeightsError
 
 __all__ = ["EncoderWeightsError", "IsstadMAE", "load_pretrained_encoder", "sincos_pos_embed_2d"]
@@ -282,7 +283,9 @@ def load_pretrained_encoder(model: IsstadMAE, backbone: str, weights: str) -> st
                 f"({reason}); connect to the internet once, or {_FIX}"
             ) from exc
         state = source_model.state_dict()
-        label = f"timm:{backbone}:pretrained"
+        cfg = getattr(source_model, "pretrained_cfg", None)
+        # The resolved architecture.tag and hub id that timm loaded (see ad_core.backbones).
+        label = pretrained_weights_label(cfg) if cfg else f"timm:{backbone}:pretrained"
         decoder_allowed = False
     else:
         path = Path(weights).expanduser()

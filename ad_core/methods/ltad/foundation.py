@@ -20,6 +20,7 @@ forward and costs a fraction of it. Text towers that are not causal CLIP towers 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,40 @@ class FoundationSpec:
                 f"; or give a checkpoint path, or 'random' (labelled {FOUNDATION_RANDOM_LABEL!r})"
             )
 
+    def cached_file(self) -> str | None:
+        """Where open_clip would read this pretrained tag from without downloading, or None (also for
+        random weights and paths). Mirrors open_clip's `download_pretrained`: the hub file when the tag has a
+        hub id (open_clip prefers it), else the URL's file in open_clip's cache folder."""
+        from ad_core.backbones import hub_file_cached, hub_weight_filenames
+
+        if self.is_random or self.is_path:
+            return None
+        cfg = _open_clip().get_pretrained_cfg(self.arch, self.weights) or {}
+        if cfg.get("file"):
+            return cfg["file"] if Path(cfg["file"]).is_file() else None
+        if cfg.get("hf_hub"):
+            model_id, filename = os.path.split(cfg["hf_hub"])
+            return hub_file_cached(model_id, hub_weight_filenames(filename or "open_clip_pytorch_model.bin"))
+        if cfg.get("url"):
+            path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+            return str(path) if path.is_file() else None
+        return None
+
+    def unavailable_reason(self) -> str | None:
+        """Why these weights cannot be had on this machine (offline and not cached, or a missing file), with
+        the line the worker would fail with; None when they can (`ad_core.backbones.hub_offline`)."""
+        from ad_core.backbones import hub_offline
+
+        if self.is_random:
+            return None
+        if self.is_path:
+            path = Path(self.weights).expanduser()
+            return None if path.is_file() else foundation_weights_message(self, f"{path} does not exist")
+        if self.cached_file() is not None or not hub_offline():
+            return None
+        why = "HF_HUB_OFFLINE is set" if hub_offline(probe=False) else "the hub did not answer"
+        return foundation_weights_message(self, f"not in the cache and {why}")
+
     def source_label(self) -> str:
         """Where the weights come from, as stored with every result."""
         if self.is_random:
@@ -108,6 +143,17 @@ class FoundationSpec:
         if self.is_path:
             return f"{self.library}:{self.arch}:file:{Path(self.weights).expanduser().resolve()}"
         return f"{self.library}:{self.arch}:{self.weights}"
+
+
+def foundation_weights_message(spec: FoundationSpec, reason: str) -> str:
+    """The one line a user gets when foundation weights cannot be had (at submit time and on the worker)."""
+    reason = " ".join(reason.split())
+    return (
+        f"could not load foundation weights {spec.arch}:{spec.weights} ({reason}). Connect to the internet "
+        "once (open_clip caches them), or pass a local checkpoint: "
+        f"--set foundation=open_clip:{spec.arch}:/path/to/checkpoint.pt, or for tests and CPU demos "
+        f"--set foundation=open_clip:{spec.arch}:random (labelled {FOUNDATION_RANDOM_LABEL!r})"
+    )
 
 
 @dataclass
@@ -138,12 +184,7 @@ class Foundation:
             try:
                 model = open_clip.create_model(spec.arch, pretrained=weights, require_pretrained=True, **kwargs)
             except Exception as exc:  # hub/network/file errors come in many types; all mean the same here
-                raise WeightsError(
-                    f"could not load foundation weights {spec.arch}:{spec.weights} ({exc}). Connect to the internet "
-                    "once (open_clip caches them), or pass a local checkpoint: "
-                    f"--set foundation=open_clip:{spec.arch}:/path/to/checkpoint.pt, or for tests and CPU demos "
-                    f"--set foundation=open_clip:{spec.arch}:random (labelled {FOUNDATION_RANDOM_LABEL!r})"
-                ) from exc
+                raise WeightsError(foundation_weights_message(spec, str(exc))) from exc
         model.eval().requires_grad_(False).to(self.device)
         self.model = model
         self.source = spec.source_label()

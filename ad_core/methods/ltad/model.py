@@ -75,6 +75,7 @@ import torch.nn.functional as F
 
 from ad_core.components import PatchFeatures, scores_to_prediction
 from ad_core.data.base import Preprocess
+from ad_core.errors import WeightsError
 from ad_core.methods.base import (
     AnomalyModel,
     ConfigError,
@@ -108,7 +109,7 @@ class LTADConfig(MethodConfig):
     patch_source="backbone". `batch_size` is the loading/prediction batch; `train_batch` the phase-2 batch.
     """
 
-    backbone: str = "wide_resnet50_2"
+    backbone: str = "wide_resnet50_2.tv_in1k"  # torchvision's ImageNet weights, as PatchCore's
     weights: str = "imagenet"
     resize: int = 224
     crop: int = 224
@@ -226,6 +227,13 @@ class LTADConfig(MethodConfig):
 
     def backbone_names(self) -> tuple[str, ...]:
         return (self.backbone,) if self.patch_source == "backbone" else ()
+
+    def check_weights_available(self) -> None:
+        super().check_weights_available()
+        if self.needs_foundation:
+            reason = FoundationSpec.parse(self.foundation).unavailable_reason()
+            if reason is not None:
+                raise WeightsError(reason)
 
 
 def _class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -132,6 +132,9 @@ def test_paper_configs_use_the_official_torchvision_wide_resnet_weights():
     assert pretrained_cfg(get_method("patchcore").Config.build().backbone).hf_hub_id == "timm/wide_resnet50_2.tv_in1k"
     assert pretrained_weights_id(MethodConfig().backbone) == "wide_resnet50_2.tv_in1k"
     assert pretrained_weights_id(get_method("ltad").Config.build().backbone) == "wide_resnet50_2.tv_in1k"
+    # PRN's reference loads torchvision's ResNet-18; timm's plain name would be its own a1_in1k recipe.
+    assert pretrained_weights_id("resnet18") == "resnet18.a1_in1k"
+    assert pretrained_weights_id(get_method("prn").Config.build().backbone) == "resnet18.tv_in1k"
     ensemble = get_method("reconpatch").Config.build("ensemble")
     assert [pretrained_weights_id(n) for n in ensemble.ensemble_backbones] == [
         "wide_resnet101_2.tv_in1k", "resnext101_32x8d.tv_in1k", "densenet201.tv_in1k"]

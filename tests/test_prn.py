@@ -310,7 +310,7 @@ def test_runner_trains_on_the_split_anomalies_and_tests_without_them(demo_root, 
     assert trained.isdisjoint(i.path for i in brick.images)
     assert len(brick.train_anomalies) == 2  # the result records the anomalies the fit saw
     assert all(any(p.endswith("/" + q) for q in brick.train_anomalies) for p in trained)
-    assert brick.anomaly_maps.shape == (len(brick.images), 64, 64) and np.isfinite(brick.anomaly_maps).all()
+    assert brick.anomaly_maps.shape == (len(brick.images), 256, 256) and np.isfinite(brick.anomaly_maps).all()
     assert_metrics_match_outputs(few_shot_spec(demo_root), brick)  # the metrics of these maps and masks
     details = result.units[0].details
     assert details["generation"]["real_anomalies"] == 2 and details["generation"]["generated"]["perlin"] > 0
@@ -369,7 +369,7 @@ def test_paper_network_matches_the_reference_sizes() -> None:
 
 def test_presets_build() -> None:
     paper = PRNConfig.build("paper")
-    assert (paper.backbone, paper.crop, paper.epochs, paper.lr, paper.weight_decay) == ("resnet18", 256, 700, 1e-4, 1e-2)
+    assert (paper.backbone, paper.crop, paper.epochs, paper.lr, paper.weight_decay) == ("resnet18.tv_in1k", 256, 700, 1e-4, 1e-2)
     assert (paper.focal_weight, paper.focal_alpha, paper.focal_gamma, paper.topk) == (5.0, 0.5, 4.0, 100)
     assert paper.attention_blocks == 3 and paper.attention_divisors == (1, 2, 4, 8)
     fast = PRNConfig.build("fast")

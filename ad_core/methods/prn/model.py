@@ -34,7 +34,7 @@ Choices (paper / reference code / what we do / why); every one is a config field
 ---------------------------------------------------------------------------------------------------------------
 | topic | paper | reference (xcyao00/PRNet) | here | why |
 |---|---|---|---|---|
-| backbone | not readable (abstract only) | timm ResNet-18, ImageNet, layer1-4, frozen | `resnet18`/imagenet (paper preset); EfficientNet-Lite0 stages of strides 4-32, bundled weights (fast) | offline weights; same strides |
+| backbone | not readable (abstract only) | torchvision ResNet-18, ImageNet, layer1-4, frozen | `resnet18.tv_in1k`/imagenet (paper preset: the torchvision weights the reference loads; timm's plain `resnet18` would resolve to `a1_in1k`); EfficientNet-Lite0 stages of strides 4-32, bundled weights (fast) | offline weights; same strides |
 | geometry | ? | Resize 256 + CenterCrop 256, ImageNet norm | resize = crop = 256 (paper), 128 (fast); the backbone's own mean/std | as PatchCore here |
 | prototypes | "multi-scale prototypes", nearest cluster prototype | k-means (sklearn, seed 0, default n_init) on whole flattened maps, K = int(0.1 N) | same, seeded with the run seed, `kmeans_n_init` = 10 (sklearn's default when the code was written), K >= 1 | reference |
 | residual | "feature residuals" | (f - p)^2 | same | reference |
@@ -92,7 +92,7 @@ class PRNConfig(MethodConfig):
     `batch_size` is the loading/prediction batch; training batches are `train_batch_size`.
     """
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet18.tv_in1k"
     weights: str = "imagenet"
     resize: int = 256
     crop: int = 256

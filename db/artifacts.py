@@ -4,7 +4,8 @@ Each file holds `maps` (float32 [N, H, W]: PatchCore-style maps are squared dist
 65504, and re-scoring from stored maps must give the metrics computed in memory; files written by
 earlier versions hold float16 and still load) and `paths` (the N image paths, in map order). The database
 stores paths *relative* to the artifacts root, so hosts that mount shared storage (NFS, an S3 mount) at
-different places still find the files. Files are written to a temporary name and renamed into place, so
+different places still find the files. Annotation masks (`db.annotations`) live under `annotations/`, one
+PNG per saved version, written with `write_atomic`. Files are written to a temporary name and renamed into place, so
 a reader never sees half a file. Layout: `maps/job-<id>/a<attempt>/<category>.npz` (one folder per attempt,
 so a worker that lost its lease can never overwrite the files of the attempt that replaced it).
 """
@@ -60,6 +61,32 @@ def save_maps(
         Path(tmp).unlink(missing_ok=True)
         raise
     return rel
+
+
+def write_atomic(rel_path: str, data: bytes, root: Path | None = None) -> Path:
+    """Write `data` to `rel_path` under the artifacts root atomically (temporary name, fsync, rename): a
+    reader sees the whole file or none. Returns the absolute path."""
+    target = (root or artifacts_root()) / rel_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def annotation_mask_path(dataset_id: int, image_path: str) -> str:
+    """A new, unique relative path for one saved mask of one image (`annotations/ds-<id>/<image>/<uuid>.png`).
+    Mask files are never overwritten: every version of an annotation has its own."""
+    import uuid
+
+    return f"annotations/ds-{dataset_id:06d}/{_safe(image_path)}/{uuid.uuid4().hex}.png"
 
 
 def load_map_file(rel_path: str, root: Path | None = None) -> tuple[np.ndarray, list[str]]:

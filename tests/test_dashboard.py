@@ -200,6 +200,28 @@ def test_run_detail_shows_metrics_images_and_provenance(stored: dict) -> None:
     assert not at.exception
 
 
+def test_run_detail_writes_scores_in_fixed_point_and_labels_good_images_once(iad_env: Path, demo_root: Path) -> None:
+    from ad_core.data import load_split
+    from dashboard import sample_data
+
+    test = load_split("demo", demo_root, "brick").test
+    scores = [12345.678 if s.label else 2345.6 + i for i, s in enumerate(test)]  # scientific under :.4g
+    maps = np.stack([np.full((128, 128), v, dtype=np.float32) for v in scores])
+    images = [sample_data.Image(s.path, s.label, s.defect_type, v) for s, v in zip(test, scores, strict=True)]
+    sample_data.store_job("patchcore", "demo", str(demo_root), "brick", 0, {"image_auroc": 1.0}, images, maps)
+    at = open_app("run_detail")
+    panel = next(m.value for m in at.markdown if "good images score as high" in m.value)
+    assert panel.startswith("**anomalous (") and "score **12346**" in panel and "e+" not in panel
+    assert not any("e+0" in c.value for c in at.caption)
+    good = next(s.path for s in test if s.label == 0)
+    at.selectbox(key="detail_image").set_value(good).run()
+    panel = next(m.value for m in at.markdown if "good images score as high" in m.value)
+    assert panel.startswith("**good**  \n") and "good (good)" not in panel
+    # A CPU run has no GPU memory: the column is left out instead of showing None.
+    timings = next(d.value for d in at.dataframe if "fit s" in d.value.columns)
+    assert "peak GPU MB" not in timings.columns and any("CPU run" in c.value for c in at.caption)
+
+
 def test_run_detail_opens_the_job_of_the_query_parameter(stored: dict) -> None:
     at = AppTest.from_file(APP, default_timeout=120)
     job_id = stored["ids"][3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,20 @@ def render_overlay(run_job, category: str, path: str, opacity: float, anchor: st
     return out, info
 
 
+def fmt_score(value: float) -> str:
+    """Four significant digits in fixed-point notation, never scientific: 1.848, 12346, 0.0001234."""
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    return f"{value:.{min(10, max(0, 3 - math.floor(math.log10(abs(value)))))}f}"
+
+
+def label_text(label: str, defect: str | None) -> str:
+    """'anomalous (scratch)', and just 'good' for a good image (whose defect type is 'good' as well)."""
+    return f"{label} ({defect})" if defect and defect != label else label
+
+
 def short_caption(info: dict) -> str:
-    return f"{info['method']}{info['random']} · seed {info['seed']} · score {info['score']:.4g}"
+    return f"{info['method']}{info['random']} · seed {info['seed']} · score {fmt_score(info['score'])}"
 
 
 tab_images, tab_metrics, tab_prov = st.tabs(["Images", "Metrics", "Provenance"])
@@ -119,11 +132,19 @@ with tab_metrics:
         st.caption(f"Metric version {frame['metric_version'].iloc[0]}. Pixel metrics are empty for categories "
                    "without ground-truth masks.")
     runs = queries.category_runs(job_id)
-    st.dataframe(pd.DataFrame([{
+    timings = pd.DataFrame([{
         "category": r.category, "fit s": r.fit_s, "predict s": r.predict_s, "images/s": r.images_per_s,
         "peak RSS MB": r.peak_rss_mb, "peak GPU MB": r.peak_gpu_mb, "test images": r.n_images,
         "notes": "; ".join(r.notes or []),
-    } for r in runs]), hide_index=True)
+    } for r in runs])
+    if len(timings) and timings["peak GPU MB"].isna().all():  # a CPU run: no GPU memory to report
+        timings = timings.drop(columns="peak GPU MB")
+        st.caption("CPU run: no GPU memory to report.")
+    st.dataframe(timings, hide_index=True, column_config={
+        name: st.column_config.NumberColumn(format=fmt)
+        for name, fmt in {"fit s": "%.1f", "predict s": "%.1f", "images/s": "%.1f", "peak RSS MB": "%.0f",
+                          "peak GPU MB": "%.0f"}.items()
+    })
 
 with tab_images:
     category = st.selectbox("Category", job.categories, key="detail_category")
@@ -173,10 +194,10 @@ with tab_images:
             middle.image(overlay, caption=f"anomaly map, {short_caption(info)}", width="stretch")
             scale = info["scale"]
             right.markdown(
-                f"**{info['label']}** ({info['defect']})  \n"
-                f"score **{info['score']:.4g}**  \n"
+                f"**{label_text(info['label'], info['defect'])}**  \n"
+                f"score **{fmt_score(info['score'])}**  \n"
                 f"{info['normals_above']} of {info['normals']} good images score as high  \n"
-                f"colour threshold **{scale.threshold:.4g}** ({scale.anchor} of the good images' maps"
+                f"colour threshold **{fmt_score(scale.threshold)}** ({scale.anchor} of the good images' maps"
                 f"{'' if scale.from_normals else '; no good image: all images'})"
             )
             right.image(heatmap.colorbar(), caption="median of good maps → threshold (tick) → saturation",

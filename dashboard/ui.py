@@ -33,6 +33,14 @@ def job_label(job: Job) -> str:
             f" · {job.status}")
 
 
+# How long the demo takes (one worker runs its jobs one after another; measured on a 2-core CPU).
+DEMO_DURATION = {
+    "default": "On a 2-core CPU it takes about 15 minutes: PatchCore's rows arrive after a few minutes, "
+               "ReConPatch trains longer; a GPU worker or more cores are faster.",
+    "small": "On a 2-core CPU it takes a few minutes.",
+}
+
+
 def first_run_box() -> None:
     """On an empty database: one click generates the demo data and launches a small comparison."""
     methods = state.demo_methods()
@@ -43,8 +51,8 @@ def first_run_box() -> None:
             f"One click generates the **demo dataset** (synthetic defects with exact masks on real texture "
             f"photos; brick, grass, gravel{', small size' if size != 'default' else ''}) and launches a small "
             f"comparison: **{' + '.join(methods) or 'no method registered'}**, preset `{state.DEMO_PRESET}`, "
-            f"3 categories, 1 seed. On a CPU it finishes within minutes; the leaderboard and heatmaps fill in "
-            f"as jobs finish. Jobs run on a worker: `iad up` starts one together with this dashboard."
+            f"3 categories, 1 seed. {DEMO_DURATION.get(size, DEMO_DURATION['default'])} The leaderboard and "
+            f"heatmaps fill in as jobs finish. Jobs run on a worker: `iad up` starts one together with this dashboard."
         )
         if st.button("Generate demo data and launch the demo comparison", type="primary", key="launch_demo",
                      disabled=not methods):

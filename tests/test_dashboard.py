@@ -71,6 +71,12 @@ def test_every_page_renders_on_an_empty_database(iad_env: Path, page: str) -> No
         assert at.button(key="launch_demo").label.startswith("Generate demo data")
 
 
+def test_the_first_run_offer_says_how_long_the_demo_takes(iad_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IAD_DEMO_SIZE", "default")
+    text = " ".join(m.value for m in open_app().markdown)
+    assert "about 15 minutes" in text and "within minutes" not in text
+
+
 def test_first_run_button_generates_the_demo_and_queues_the_comparison(iad_env: Path) -> None:
     from dashboard import state
 

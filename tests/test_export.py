@@ -265,6 +265,14 @@ def test_export_command_writes_every_format(board: lb.Leaderboard, tmp_path: Pat
     assert set(printed["method"]) == {"padim", "patchcore"}
 
 
+def test_export_command_notes_the_booktabs_requirement_for_latex(board: lb.Leaderboard, capsys) -> None:
+    assert export_main(["export", "--dataset", "mvtec", "--metric", "image_auroc", "--format", "latex"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: the table needs \\usepackage{booktabs}" in err and out.startswith("% Needs \\usepackage{booktabs}")
+    assert export_main(["export", "--dataset", "mvtec", "--metric", "image_auroc", "--format", "md"]) == 0
+    assert "booktabs" not in capsys.readouterr().err
+
+
 def test_export_command_explains_what_is_missing(url: str, capsys) -> None:
     assert export_main(["export", "--dataset", "mvtec", "--metric", "aupro"]) == 2
     assert "no finished results for dataset 'mvtec'" in capsys.readouterr().err

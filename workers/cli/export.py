@@ -62,6 +62,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if getattr(board, "empty_groups", None):
         print(f"note: no class in the {' and '.join(board.empty_groups)} group ({board.grouping.describe()}); "
               "those cells are empty", file=sys.stderr)
+    if args.format == "latex":
+        print("note: the table needs \\usepackage{booktabs} in the document's preamble", file=sys.stderr)
     text = export.render(board, args.format, transpose=args.categories_as_rows, efficiency=args.efficiency)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

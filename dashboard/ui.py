@@ -135,7 +135,7 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
     metric = c2.selectbox("Metric", metrics, index=_index(metrics, saved.get("metric")),
                           format_func=METRICS.get, key=f"{prefix}_metric")
     results = db_results.results_frame(dataset=kind, root=root, metrics=[metric])
-    versions = list(results.sort_values("finished_at")["metric_version"].drop_duplicates())[::-1]
+    versions = lb.metric_versions(results)[::-1]  # newest first
     version = versions[0] if versions else None
     if len(versions) > 1:
         version = c3.selectbox("Metric version", versions, index=_index(versions, saved.get("metric_version")),

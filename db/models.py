@@ -216,10 +216,12 @@ class FitUnitRow(Base):
 
 
 class MetricValue(Base):
-    """One metric of one category of one job. NULL value: not computable (e.g. pixel metrics without masks)."""
+    """One metric of one category of one job under one metric version. NULL value: not computable (e.g. pixel
+    metrics without masks). A job has rows of the version it ran with, plus rows of newer versions when its
+    stored maps were re-scored (`iad rescore`), so old results stay comparable without re-training."""
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("job_id", "category", "name"),)
+    __table_args__ = (UniqueConstraint("job_id", "category", "name", "metric_version"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -615,3 +615,39 @@ def result_counts(job_id: int, url: str | None = None) -> dict[str, int]:
             table.__tablename__: s.execute(select(func.count()).select_from(table).where(table.job_id == job_id)).scalar_one()
             for table in (MetricValue, ImageResultRow, CategoryRun, FitUnitRow, RunRecord)
         }
+
+
+# --- re-scoring (metric rows of newer metric versions) -------------------------------------------------------
+
+
+def metric_versions_of(job_ids: Iterable[int] | None = None, url: str | None = None) -> dict[tuple[int, str], set[str]]:
+    """(job id, category) -> the metric versions that have rows, for succeeded jobs (all when `job_ids` is None)."""
+    query = (select(MetricValue.job_id, MetricValue.category, MetricValue.metric_version).distinct()
+             .join(Job, Job.id == MetricValue.job_id).where(Job.status == "succeeded"))
+    if job_ids is not None:
+        query = query.where(MetricValue.job_id.in_(list(job_ids)))
+    versions: dict[tuple[int, str], set[str]] = {}
+    with _session(url) as s:
+        for job_id, category, version in s.execute(query):
+            versions.setdefault((job_id, category), set()).add(version)
+    return versions
+
+
+def add_metric_values(
+    job_id: int, category: str, values: Mapping[str, float | None], version: str, url: str | None = None
+) -> int:
+    """Store one category's metrics of a finished job under `version` (re-scored from its stored maps), all in
+    one transaction. Rows that already exist for that version are left as they are (a second re-score, or two
+    workers at once, changes nothing). Returns how many rows the call inserted."""
+    with _session(url) as s:
+        before = s.execute(select(func.count()).select_from(MetricValue).where(
+            MetricValue.job_id == job_id, MetricValue.category == category,
+            MetricValue.metric_version == version)).scalar_one()
+        for name, value in values.items():
+            _insert_ignore(s, MetricValue.__table__, {"job_id": job_id, "category": category, "name": name,
+                                                      "value": _finite(value), "metric_version": version},
+                           ["job_id", "category", "name", "metric_version"])
+        after = s.execute(select(func.count()).select_from(MetricValue).where(
+            MetricValue.job_id == job_id, MetricValue.category == category,
+            MetricValue.metric_version == version)).scalar_one()
+    return int(after - before)

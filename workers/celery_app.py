@@ -1,4 +1,5 @@
-"""The Celery app and its one task, `run_job(job_id)`. The job row is the truth; Celery only delivers ids.
+"""The Celery app and its tasks, `run_job(job_id)` and `rescore(job_ids)` (`iad rescore`). The job row is the
+truth; Celery only delivers ids.
 
 Broker: `IAD_BROKER_URL` (see `workers.settings`). The embedded default is kombu's SQLAlchemy transport on
 a SQLite file: no server, fine for one host. Celery results are not stored (`task_ignore_result`): status,
@@ -108,6 +109,30 @@ app = make_app()
 def run_job(self: Task, job_id: int) -> str:
     """Run job `job_id` (a no-op unless the job is still queued)."""
     return execute_job(int(job_id), worker=self.request.hostname or worker_name())
+
+
+@app.task(name="iad.rescore")
+def rescore_task(job_ids: list[int] | None = None) -> str:
+    """Re-score stored runs under this code's metric version (`workers.rescore.rescore`)."""
+    from workers.rescore import rescore
+
+    items = rescore(job_ids)
+    stored = [i for i in items if i.status == "stored"]
+    skipped = [i for i in items if i.status.startswith("skipped")]
+    for item in skipped:
+        log.warning("rescore job %s %s: %s", item.job_id, item.category, item.status)
+    return f"re-scored {len(stored)} categor{'y' if len(stored) == 1 else 'ies'}, skipped {len(skipped)}"
+
+
+def submit_rescore(job_ids: Sequence[int] | None = None) -> str:
+    """Send one `iad.rescore` message to the cpu queue (any CPU worker runs it); returns its task id."""
+    task_id = f"iad-rescore-{uuid.uuid4().hex[:8]}"
+    queue = queue_name("cpu")
+    with _connection() as conn:
+        app.amqp.queues[queue](conn.default_channel).declare()
+        rescore_task.apply_async(args=[list(job_ids) if job_ids else None], queue=queue, task_id=task_id,
+                                 connection=conn)
+    return task_id
 
 
 @signals.celeryd_init.connect

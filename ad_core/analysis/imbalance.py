@@ -36,6 +36,7 @@ from ad_core.analysis.leaderboard import (
     _rank,
     _same_files,
     _variant_labels,
+    metric_versions,
 )
 from ad_core.catalog import METRICS
 
@@ -220,7 +221,7 @@ def select_points(
     if split_key is not None and "split_key" in frame:
         frame = frame[frame["split_key"] == split_key]
     frame, excluded = _same_files(frame)
-    versions = list(frame.sort_values("finished_at")["metric_version"].drop_duplicates()) if len(frame) else []
+    versions = metric_versions(frame)
     if metric_version is None and versions:
         metric_version = versions[-1]
     other_versions = [v for v in versions if v != metric_version]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ad_core.catalog import METRICS
+from ad_core.catalog import METRIC_VERSION, METRICS
 
 MEAN = "mean"
 RANDOM_MARK = "⚠ random weights"
@@ -154,6 +154,16 @@ class Leaderboard:
         return "; ".join(parts) + "."
 
 
+def metric_versions(frame: pd.DataFrame) -> list[str]:
+    """The metric versions of a results frame, oldest first: in the order of their first finished job, with
+    this code's `METRIC_VERSION` last whenever present (re-scored rows of an old job are the newest version,
+    although their job finished first)."""
+    if frame.empty:
+        return []
+    versions = list(frame.sort_values("finished_at", kind="stable")["metric_version"].drop_duplicates())
+    return sorted(versions, key=lambda v: v == METRIC_VERSION)  # stable: only moves the current one last
+
+
 def _pick_split(frame: pd.DataFrame, split: str | None) -> tuple[str | None, str, str, list[str]]:
     """(key, label, protocol, labels of the other recipes) of the recipe a table shows."""
     if "split_key" not in frame or frame.empty:
@@ -222,7 +232,7 @@ def build_leaderboard(
     if split_key is not None:
         frame = frame[frame["split_key"] == split_key]
     frame, excluded = _same_files(frame)
-    versions = list(frame.sort_values("finished_at")["metric_version"].drop_duplicates())
+    versions = metric_versions(frame)
     if metric_version is None and versions:
         metric_version = versions[-1]  # the newest version in use
     other = [v for v in versions if v != metric_version]

@@ -81,8 +81,13 @@ class CategorySplit:
 
         Computed from the lists a run actually uses (never from a second reading of the folder). For the
         standard split it equals the hash earlier versions stored, so old and new results stay comparable.
+        It is the SHA-256 of `content_lines()` joined (the file list a reproducibility bundle carries).
         """
-        digest = hashlib.sha256()
+        return hashlib.sha256("".join(self.content_lines()).encode()).hexdigest()
+
+    def content_lines(self) -> list[str]:
+        """The hashed file list, one line per image: `part|path:size|label|defect_type|mask_path:size` (paths
+        relative to the root, `-` for no mask), parts train then test, images sorted by path."""
         base = Path(self.root)
 
         def entry(path: str | None) -> str:
@@ -96,10 +101,9 @@ class CategorySplit:
                 raise DatasetError(f"cannot read {p}: {exc}") from exc
             return f"{rel.as_posix()}:{size}"
 
-        for part, samples in (("train", self.train), ("test", self.test)):
-            for s in sorted(samples, key=lambda s: s.path):
-                digest.update(f"{part}|{entry(s.path)}|{s.label}|{s.defect_type}|{entry(s.mask_path)}\n".encode())
-        return digest.hexdigest()
+        return [f"{part}|{entry(s.path)}|{s.label}|{s.defect_type}|{entry(s.mask_path)}\n"
+                for part, samples in (("train", self.train), ("test", self.test))
+                for s in sorted(samples, key=lambda s: s.path)]
 
 
 def list_images(folder: Path) -> list[Path]:

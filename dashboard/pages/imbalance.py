@@ -65,7 +65,7 @@ keys = sorted(recipes.index, key=lambda k: (imb.split_kind(k) != imb.LONG_TAIL_K
 split_key = c3.selectbox("Split", keys, index=_index(keys, imb.default_split(results)), format_func=recipes.get,
                          key="imb_split", help="Results on different split recipes are never pooled.")
 on_split = results[results["split_key"] == split_key]
-versions = list(on_split.sort_values("finished_at")["metric_version"].drop_duplicates())[::-1]
+versions = lb.metric_versions(on_split)[::-1]  # newest first
 c4, c5, c6 = st.columns([3, 2, 2])
 methods = c4.multiselect("Methods", sorted(on_split["method"].unique()), placeholder="all methods", key="imb_methods")
 grouping_name = c5.radio(

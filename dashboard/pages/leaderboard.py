@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
-from dashboard import state, ui
+from dashboard import evidence, state, ui
 
 st.title("Leaderboard")
 ui.flash()
@@ -107,6 +107,8 @@ if len(values):
 st.plotly_chart(fig, width="stretch")
 st.caption("Dots: one per seed; diamond: the mean, whiskers ± std over seeds (open markers: random weights). "
            "The axis spans the values shown and does not start at 0.")
+
+evidence.paper_section(board)
 
 with st.expander("Jobs behind this table"):
     shown = results[results["metric_version"] == board.metric_version]

@@ -12,7 +12,7 @@ import streamlit as st
 from ad_core.analysis import leaderboard as lb
 from ad_core.catalog import METRICS
 from ad_core.splits import split_identity
-from dashboard import heatmap, ui
+from dashboard import evidence, heatmap, ui
 from db import queries
 from db import results as db_results
 
@@ -44,6 +44,8 @@ _, split_label, split_protocol = split_identity(job.split)
 if record is not None and record.random_weights:
     st.warning(f"{lb.RANDOM_MARK}: this run used a randomly initialised backbone ({record.weights_source}); "
                "its numbers are not comparable with pretrained runs.")
+if record is not None:
+    evidence.bundle_button(job_id)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -119,7 +121,7 @@ def short_caption(info: dict) -> str:
 tab_images, tab_metrics, tab_prov = st.tabs(["Images", "Metrics", "Provenance"])
 
 with tab_metrics:
-    frame = queries.metrics_frame(job_ids=[job_id])
+    frame = evidence.one_metric_version(queries.metrics_frame(job_ids=[job_id]), key="detail_metric_version")
     if frame.empty:
         st.info("This job stored no metrics.")
     else:

@@ -2,7 +2,8 @@
 
 - `core`: run, demo, methods (ad_core only: no database, no broker);
 - `jobs`: submit, jobs, cancel, worker, migrate, up (the job system);
-- `export`: export (leaderboard tables from the results database).
+- `export`: export (leaderboard tables from the results database, reproducibility bundles);
+- `evidence`: reproduce (re-run a bundle), rescore (metrics of stored runs under a new metric version).
 
 Every module imports its heavy dependencies (torch, the methods, the database, Celery) inside the
 commands, so that `iad --help` and `iad jobs` start without torch.
@@ -16,6 +17,7 @@ import sys
 
 from ad_core.errors import ConfigError, DatasetError, WeightsError
 from workers.cli.core import add_core_commands
+from workers.cli.evidence import add_evidence_commands
 from workers.cli.export import add_export_command
 from workers.cli.jobs import add_job_commands, stop_process_group
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_core_commands(sub)
     add_job_commands(sub)
     add_export_command(sub)
+    add_evidence_commands(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
 """`iad export`: the leaderboard of a dataset and metric as LaTeX, CSV or Markdown, from the command line.
 
 `--view imbalance` exports the head/medium/tail group table of a (long-tailed) split instead
-(`ad_core.analysis.imbalance.group_table`; `--grouping literature|tertiles`)."""
+(`ad_core.analysis.imbalance.group_table`; `--grouping literature|tertiles`); `--view paper` the paper-reported
+numbers next to the reproduced ones (`ad_core.analysis.paper`). `--bundle JOB ...` writes reproducibility
+bundles (`workers.cli.evidence`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ad_core.analysis import export
     from db import results
 
+    if args.bundle:
+        from workers.cli.evidence import write_bundles
+
+        return write_bundles(args.bundle, args.out)
+    if not args.dataset or not args.metric:
+        print("error: --dataset and --metric are required (except with --bundle)", file=sys.stderr)
+        return 2
     choices = results.dataset_choices()
     roots = sorted(choices.loc[choices["kind"] == args.dataset, "root"])
     if not roots:
@@ -44,6 +53,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if board.empty:
         print("error: no results match these filters", file=sys.stderr)
         return 2
+    if args.view == "paper":
+        return _paper_view(args, board)
     if args.view == "imbalance" and args.efficiency:
         print("error: --efficiency applies to the leaderboard view only", file=sys.stderr)
         return 2
@@ -74,6 +85,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper_view(args: argparse.Namespace, board) -> int:  # noqa: ANN001 (leaderboard.Leaderboard)
+    """Paper-reported numbers next to the board's (`ad_core.analysis.paper`), only where the setting matches."""
+    from ad_core.analysis import paper
+    from db.evidence import configs_by_hash
+
+    table = paper.paper_vs_reproduced(board, configs_by_hash(board))
+    if table.empty:
+        print(f"error: the paper table has no {board.metric} numbers for {board.dataset}", file=sys.stderr)
+        return 2
+    for item in table.to_dict(orient="records"):
+        print(f"note: {item['method']} {item['category']}: {paper.summary_line(item)}", file=sys.stderr)
+    text = paper.render(table, args.format, board)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _imbalance_board(args: argparse.Namespace, root: str):  # noqa: ANN202 (imbalance.GroupBoard)
     """The head/medium/tail group table (`ad_core.analysis.imbalance`) of one split recipe; default split: the
     long-tailed recipe with the most results."""
@@ -89,11 +121,11 @@ def _imbalance_board(args: argparse.Namespace, root: str):  # noqa: ANN202 (imba
 
 def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a leaderboard table (LaTeX booktabs, CSV or Markdown)")
-    p.add_argument("--dataset", required=True, help="dataset kind, e.g. mvtec, btad, demo")
+    p.add_argument("--dataset", help="dataset kind, e.g. mvtec, btad, demo (required except with --bundle)")
     p.add_argument("--root", help="dataset root (needed when results exist for several roots)")
-    p.add_argument("--metric", required=True, choices=list(METRICS))
+    p.add_argument("--metric", choices=list(METRICS), help="required except with --bundle")
     p.add_argument("--format", default="latex", choices=EXPORT_FORMATS)
-    p.add_argument("--out", help="write to this file instead of stdout")
+    p.add_argument("--out", help="write to this file instead of stdout (--bundle: the folder for the zips)")
     p.add_argument("--metric-version", help="default: the newest version with results")
     p.add_argument("--methods", nargs="+", help="only these methods")
     p.add_argument("--categories", nargs="+", help="only these categories")
@@ -103,9 +135,15 @@ def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--no-random", action="store_true", help="leave out runs with random backbone weights")
     p.add_argument("--categories-as-rows", action="store_true", help="categories in rows, methods in columns")
     p.add_argument("--efficiency", action="store_true", help="add images/s and training-time columns (latex, md)")
-    p.add_argument("--view", default="leaderboard", choices=("leaderboard", "imbalance"),
+    p.add_argument("--view", default="leaderboard", choices=("leaderboard", "imbalance", "paper"),
                    help="leaderboard: methods x categories; imbalance: methods x head/medium/tail groups of "
-                        "training images per class, plus the head-tail gap (default split: the long-tailed one)")
+                        "training images per class, plus the head-tail gap (default split: the long-tailed one); "
+                        "paper: paper-reported numbers next to the reproduced ones, compared only where the "
+                        "setting (backbone, resolution, split, frame) matches")
+    p.add_argument("--bundle", type=int, nargs="+", metavar="JOB",
+                   help="write a reproducibility bundle (zip) per job instead of a table: config, seed, split file "
+                        "list and hash, weights checksums, package versions, git commit, per-image scores and the "
+                        "`iad run` command (`iad reproduce` re-runs it)")
     p.add_argument("--grouping", default="literature", choices=("literature", "tertiles"),
                    help="imbalance view: literature = many > 100, medium 20-100, few < 20 images per class; "
                         "tertiles = tertiles of the split's own per-class counts")

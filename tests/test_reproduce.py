@@ -241,6 +241,9 @@ def test_rescore_stores_rows_under_the_new_version_equal_to_the_run(
     url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
     monkeypatch.setenv("IAD_DATABASE_URL", url)
     monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))  # the embedded broker of `iad rescore` lives here
+    monkeypatch.setenv("IAD_QUEUE_PREFIX", "rescoretest-")
+    monkeypatch.delenv("IAD_BROKER_URL", raising=False)
     try:
         # A run stored by the previous metric code (its version), then the code moves on.
         with pytest.MonkeyPatch.context() as mp:
@@ -259,6 +262,8 @@ def test_rescore_stores_rows_under_the_new_version_equal_to_the_run(
 
         assert iad(["rescore", "--dry-run"]) == 0
         assert f"job {job.job_id} grass: to do" in capsys.readouterr().out
+        assert iad(["rescore"]) == 0  # without --inline: a message for a CPU worker
+        assert "sent iad-rescore-" in (out := capsys.readouterr().out) and "re-scores 3 categor(ies)" in out
         items = rescore(url=url)
         by_job = {i.job_id: i for i in items}
         assert (by_job[job.job_id].status, by_job[job.job_id].rows) == ("stored", 7)
@@ -271,6 +276,10 @@ def test_rescore_stores_rows_under_the_new_version_equal_to_the_run(
         kept = rows[rows["metric_version"] == "iad-metrics-old"].set_index("metric")["value"]
         assert kept.to_dict() == old.set_index("metric")["value"].to_dict()  # the old rows stay as they were
 
+        # What the worker's task does with that message: the same, now with nothing left but the skipped ones.
+        from workers.celery_app import rescore_task
+
+        assert rescore_task.apply().get() == "re-scored 0 categories, skipped 2"
         # Again: nothing to do, nothing written twice; the CLI says so.
         assert [i.status for i in rescore([job.job_id], url=url)] == ["up to date"]
         assert len(queries.metrics_frame(job_ids=[job.job_id], url=url)) == 14

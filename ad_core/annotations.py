@@ -29,6 +29,8 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ad_core.errors import AnnotationError
+
 if TYPE_CHECKING:  # ad_core.data imports torch; this module stays light (db.models imports it)
     from ad_core.data.base import CategorySplit, Sample
 
@@ -51,10 +53,6 @@ MIN_STROKE_ALPHA = 0.55
 
 SOURCES = ("drawn", "prefill", "imported", "revert")
 _DEFECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class AnnotationError(ValueError):
-    """An annotation cannot be stored or read as given. The message says what is wrong and how to fix it."""
 
 
 # --- masks ----------------------------------------------------------------------------------------------------

@@ -14,7 +14,20 @@ DATASET_KINDS: tuple[str, ...] = ("mvtec", "btad", "folder", "demo")
 
 # Version of the metric definitions in ad_core.metrics, stored with every result; bump it whenever a
 # definition changes (numbers of different versions are never mixed in one table).
-METRIC_VERSION = "iad-metrics-1"
+# iad-metrics-2: pixel metrics are computed in the run's evaluation frame (below; default the full image at
+# 256 x 256 px, which changes the pixel numbers of cropping methods); in the native frame they are computed
+# exactly as iad-metrics-1 computed them.
+METRIC_VERSION = "iad-metrics-2"
+
+# Evaluation frames (`ad_core.frame`; `iad run/submit --frame`, the Launch page): on which pixels and at which
+# resolution pixel metrics are computed. Part of every comparability key; results stored before frames were
+# recorded were evaluated natively and count as "native".
+DEFAULT_FRAME = "full:256"
+EVAL_FRAMES: dict[str, str] = {
+    "full": "the full image resized to N x N px for every method (full = full:256); a cropping method's map is "
+            "mapped back and its cut-away border gets the image's lowest score",
+    "native": "each method's own input geometry (resize + centre crop), as in the papers",
+}
 
 # Metric name -> display label, in the order the dashboard and the exports offer them
 # (the keys of `ad_core.metrics.compute_all`).
@@ -76,6 +89,8 @@ QUEUES: tuple[str, ...] = ("cpu", "gpu")
 
 __all__ = [
     "DATASET_KINDS",
+    "DEFAULT_FRAME",
+    "EVAL_FRAMES",
     "EXPORT_FORMATS",
     "FINAL_STATUSES",
     "JOB_STATUSES",

@@ -11,3 +11,8 @@ class DatasetError(ValueError):
 
 class WeightsError(RuntimeError):
     """Backbone weights could not be loaded. The message says how to supply them."""
+
+
+class AnnotationError(ValueError):
+    """An annotation cannot be stored, read or imported as given (an image outside the dataset, a mask of the
+    wrong size, ...). The message says what is wrong and how to fix it."""

@@ -11,7 +11,11 @@ One-class methods see only the normal training images of a split (a few-shot spl
 are withheld from them), so every method can run on the same split and be compared on the same test set.
 The runner reports progress through a callback and checks `should_cancel` between steps; it knows nothing
 of jobs, databases or queues. Every result carries its provenance (config, seed, split recipe and content
-hash, weights source, metric version, package versions, thread count, git commit).
+hash, evaluation frame, weights source, metric version, package versions, thread count, git commit).
+
+Pixel metrics are computed in the run's evaluation frame (`ad_core.frame`; default: the full image at
+256 x 256 px for every method, so that methods with different input geometries are scored on the same
+pixels; `frame="native"`: each method's own geometry). The stored maps are in that frame too.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ad_core import metrics
 from ad_core.backbones import RANDOM_WEIGHTS_LABEL, check_backbone_name
 from ad_core.catalog import DATASET_KINDS
 from ad_core.data import CategorySplit, DatasetError, ImageDataset, Sample
+from ad_core.frame import DEFAULT_FRAME, EvalFrame, maps_to_frame
 from ad_core.methods.base import AnomalyModel, ConfigError, MethodConfig, ProgressFn, get_method, no_progress
 from ad_core.splits import SplitSpec
 
@@ -56,7 +61,8 @@ class RunSpec:
     `config`, when given, is a complete stored method config (`MethodConfig.to_dict()`, e.g. a job's) and
     is rebuilt as it is (`MethodConfig.from_dict`); otherwise the config is built from `preset`,
     `backbone`, `weights` and `overrides`. `split` is a split recipe (`SplitSpec.to_dict()`; default: the
-    dataset as downloaded).
+    dataset as downloaded). `frame` is the evaluation frame (`ad_core.frame`: 'full:256' by default, 'full:N'
+    or 'native').
     """
 
     method: str
@@ -72,6 +78,7 @@ class RunSpec:
     num_workers: int = 0
     split: dict[str, Any] = field(default_factory=lambda: SplitSpec().to_dict())
     config: dict[str, Any] | None = None
+    frame: str = DEFAULT_FRAME
 
     @property
     def method_class(self) -> type[AnomalyModel]:
@@ -80,6 +87,10 @@ class RunSpec:
     @property
     def split_spec(self) -> SplitSpec:
         return SplitSpec.from_dict(self.split)
+
+    @property
+    def eval_frame(self) -> EvalFrame:
+        return EvalFrame.parse(self.frame)
 
     def build_config(self) -> MethodConfig:
         cls = self.method_class
@@ -99,6 +110,7 @@ class RunSpec:
         """Validate and resolve: the config, the concrete split of every category and the fit units."""
         cls = self.method_class
         config = self.build_config()
+        EvalFrame.parse(self.frame)  # ConfigError for an unknown frame, at submit time
         if self.dataset not in DATASET_KINDS:
             raise DatasetError(f"unknown dataset kind {self.dataset!r}; use one of {', '.join(DATASET_KINDS)}")
         if not self.categories:
@@ -177,7 +189,8 @@ class CategoryResult:
     category: str
     metrics: dict[str, float | None]
     images: list[ImageResult]
-    anomaly_maps: np.ndarray | None  # float32 [N, H, W] in the order of `images` (None once handed over)
+    anomaly_maps: np.ndarray | None  # float32 [N, H, W] in the order of `images`, in the evaluation frame
+    # (None once handed over)
     timings: dict[str, float]  # fit_s only when the category had its own fit unit (see UnitResult)
     counts: dict[str, int]
     notes: list[str] = field(default_factory=list)
@@ -186,6 +199,7 @@ class CategoryResult:
     train_anomalies: list[str] = field(default_factory=list)  # labelled anomalies trained on (relative paths)
     has_masks: bool = True
     fit_unit: int = 0
+    frame: str = DEFAULT_FRAME  # the evaluation frame's key (`ad_core.frame`)
 
 
 @dataclass
@@ -218,6 +232,7 @@ class RunResult:
             "timings": {c: r.timings for c, r in self.categories.items()},
             "counts": {c: r.counts for c, r in self.categories.items()},
             "splits": {c: {"recipe": r.split, "content_hash": r.split_hash} for c, r in self.categories.items()},
+            "frame": self.spec.eval_frame.key,
             "fit_units": [dataclasses.asdict(u) for u in self.units],
             "notes": {c: r.notes for c, r in self.categories.items() if r.notes},
             "spec": self.spec.to_dict(),
@@ -276,6 +291,7 @@ def provenance(spec: RunSpec, weights_source: str) -> dict[str, Any]:
     return {
         "seed": spec.seed,
         "split": spec.split_spec.with_seed(spec.seed).to_dict(),
+        "frame": spec.eval_frame.key,
         "weights_source": weights_source,
         # Any part with random weights (a backbone, or LTAD's foundation model) flags the whole result.
         "random_weights": RANDOM_WEIGHTS_LABEL in weights_source or "NOT pretrained" in weights_source,
@@ -304,14 +320,15 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _loader(spec: RunSpec, samples: Sequence[Sample], prep: Any, batch_size: int, train: bool) -> Any:
+def _loader(spec: RunSpec, samples: Sequence[Sample], prep: Any, batch_size: int, train: bool,
+            frame_size: int | None = None) -> Any:
     if train:
         return torch.utils.data.DataLoader(
             ImageDataset(samples, prep), batch_size=batch_size, shuffle=True,
             generator=torch.Generator().manual_seed(spec.seed), num_workers=spec.num_workers,
         )
     return torch.utils.data.DataLoader(
-        ImageDataset(samples, prep), batch_size=batch_size, shuffle=False, num_workers=spec.num_workers
+        ImageDataset(samples, prep, frame_size), batch_size=batch_size, shuffle=False, num_workers=spec.num_workers
     )
 
 
@@ -345,9 +362,16 @@ def fit_unit(
 def evaluate_category(
     spec: RunSpec, plan: RunPlan, model: AnomalyModel, category: str, progress: ProgressFn = no_progress
 ) -> CategoryResult:
-    """Score the test images of one category and compute its metrics."""
+    """Score the test images of one category and compute its metrics in the run's evaluation frame.
+
+    In a full-image frame each map goes back into the full image (`ad_core.frame.map_to_frame`: the part the
+    method cropped away gets that image's lowest score) and is scored against the full-resolution mask
+    resized to the frame; in the native frame maps and masks stay in the method's geometry."""
     split = plan.splits[category]
-    loader = _loader(spec, split.test, model.preprocess(), plan.config.batch_size, train=False)
+    frame = spec.eval_frame
+    prep = model.preprocess()
+    loader = _loader(spec, split.test, prep, plan.config.batch_size, train=False,
+                     frame_size=frame.size if frame.is_full else None)
     class_aware = type(model).learning_type == "multi_class"
     labels, scores, masks, maps, images = [], [], [], [], []
     start = time.perf_counter()
@@ -357,8 +381,14 @@ def evaluate_category(
         else:
             prediction = model.predict(batch["image"])
         scores.append(prediction.image_scores)
-        maps.append(prediction.anomaly_maps.astype(np.float32))
-        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        batch_maps = prediction.anomaly_maps.astype(np.float32)
+        if frame.is_full:
+            sizes = batch["image_size"].tolist()
+            batch_maps = maps_to_frame(batch_maps, [prep.placement(w, h) for w, h in sizes], frame.size)
+            masks.append(batch["frame_mask"][:, 0].numpy() > 0.5)
+        else:
+            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        maps.append(batch_maps)
         labels.append(np.asarray(batch["label"]))
         for path, label, defect, score in zip(
             batch["path"], batch["label"], batch["defect_type"], prediction.image_scores, strict=True
@@ -383,6 +413,7 @@ def evaluate_category(
         category=category, metrics=result_metrics, images=images, anomaly_maps=all_maps, timings=timings,
         counts=split.counts(), notes=list(split.notes), split_hash=split.content_hash(), split=dict(split.recipe),
         train_anomalies=split.relative_paths(s for s in split.train if s.label == 1), has_masks=split.has_masks,
+        frame=frame.key,
     )
 
 

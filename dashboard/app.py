@@ -13,5 +13,7 @@ from dashboard.pages import REGISTRY
 
 st.set_page_config(page_title="IAD Workbench", page_icon=":material/biotech:", layout="wide")
 
-pages = [st.Page(p.file, title=p.title, icon=p.icon, default=p.default) for p in REGISTRY]
-st.navigation(pages).run()
+sections: dict[str, list] = {}
+for p in REGISTRY:
+    sections.setdefault(p.section, []).append(st.Page(p.file, title=p.title, icon=p.icon, default=p.default))
+st.navigation(sections).run()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ad_core.catalog import METRIC_NAMES, METRIC_VERSION
+from ad_core.catalog import DEFAULT_FRAME, METRIC_NAMES, METRIC_VERSION
 from db import artifacts, queries
 
 
@@ -42,15 +42,18 @@ def store_job(
     split: dict[str, Any] | None = None,
     split_hash: str | None = None,
     n_train: int = 10,
+    frame: str = DEFAULT_FRAME,
     url: str | None = None,
 ) -> int:
     """Create, claim and complete one job with these results; returns its id. `split` is the job's recipe
-    (default: standard); `split_hash` the content hash its category was evaluated on (default: none stored)."""
+    (default: standard); `split_hash` the content hash its category was evaluated on (default: none stored);
+    `frame` the evaluation frame the maps and pixel metrics are in."""
     config = config or {"backbone": "tf_efficientnet_lite0", "weights": "random" if random_weights else "bundled",
                         "resize": 128, "crop": 128}
     (job_id,) = queries.create_jobs(
         [queries.JobRequest(method=method, dataset=dataset, root=root, categories=[category], config=config,
-                            preset=preset, seed=seed, split=dict(split or {"kind": "standard", "seed": None}))],
+                            preset=preset, seed=seed, split=dict(split or {"kind": "standard", "seed": None}),
+                            frame=frame)],
         group_id=group_id, url=url,
     )
     job = queries.claim_job(job_id, host="synthetic", device="cpu", url=url)
@@ -94,7 +97,9 @@ def store_synthetic_results(
     size: int = 128,
     url: str | None = None,
 ) -> list[int]:
-    """A comparison on a demo dataset on disk: `methods` maps a name to its strength (higher = better)."""
+    """A comparison on a demo dataset on disk: `methods` maps a name to its strength (higher = better).
+
+    Maps and masks are the whole (square) image at `size` px, i.e. the evaluation frame `full:<size>`."""
     from ad_core.data import Preprocess, load_split, read_image, read_mask
 
     methods = dict(methods or {"patchcore": 1.5, "reconpatch": 0.8})
@@ -125,7 +130,7 @@ def store_synthetic_results(
                                      random_weights=method in random_methods,
                                      config={"backbone": "tf_efficientnet_lite0", "resize": size, "crop": size,
                                              "weights": "random" if method in random_methods else "bundled"},
-                                     group_id=group, url=url))
+                                     group_id=group, frame=f"full:{size}", url=url))
     return ids
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ad_core.frame import LEGACY_FRAME
 from db import queries
 from db.models import Job
 from workers.celery_app import SubmitError  # noqa: F401  (re-exported: pages catch state.SubmitError)
@@ -81,7 +82,7 @@ def request_of(job: Job, seed: int | None = None, categories: list[str] | None =
         method=job.method, dataset=job.dataset.kind, root=job.dataset.root,
         categories=list(categories if categories is not None else job.categories), config=dict(job.config),
         preset=job.preset, seed=job.seed if seed is None else seed, device=job.device, queue=job.queue,
-        split=dict(job.split or {}),
+        split=dict(job.split or {}), frame=job.frame or LEGACY_FRAME,
     )
 
 
@@ -99,7 +100,7 @@ def copies_on_split(job_ids: Iterable[int], split: dict[str, Any]) -> tuple[list
         try:
             RunSpec(method=request.method, dataset=request.dataset, root=request.root,
                     categories=list(request.categories), seed=request.seed, split=dict(split),
-                    config=dict(request.config)).validate()
+                    config=dict(request.config), frame=request.frame).validate()
         except (ConfigError, DatasetError, WeightsError) as exc:
             errors.append(f"{request.method} on {', '.join(request.categories)}: {exc}")
             continue
@@ -117,12 +118,13 @@ def rerun(job_ids: Iterable[int]) -> tuple[str, list[int]]:
 
 
 def _variant_key(job: Job) -> tuple:
-    """What makes two jobs cells of the same matrix row: method, data, preset, config, device, split recipe."""
+    """What makes two jobs cells of the same matrix row: method, data, preset, config, device, split recipe,
+    evaluation frame."""
     from ad_core.analysis.leaderboard import config_hash
     from ad_core.splits import SplitSpec
 
     return (job.method, job.dataset.kind, job.dataset.root, job.preset, config_hash(job.config), job.device,
-            SplitSpec.from_dict(job.split).key)
+            SplitSpec.from_dict(job.split).key, job.frame)
 
 
 def missing_cells(group_id: str) -> list[queries.JobRequest]:
@@ -222,3 +224,61 @@ def launch_demo() -> tuple[str, list[int]]:
 
 def database_is_empty() -> bool:
     return sum(queries.job_counts().values()) == 0
+
+
+# --- annotation (the Annotate pages; storage and rules in db.annotations / ad_core.annotations) -----------------
+
+
+def add_annotation_dataset(kind: str, root: str) -> tuple[str, str]:
+    """Register a dataset folder for annotation (no run needed). Raises DatasetError when it cannot be read."""
+    from ad_core.data import list_categories
+    from db import annotations as dba
+
+    root = str(Path(root).expanduser().absolute())
+    if not list_categories(kind, root):
+        from ad_core.errors import DatasetError
+
+        raise DatasetError(f"no categories found under {root} (expected <category>/train/good and <category>/test)")
+    dba.dataset_id(kind, root)
+    return kind, root
+
+
+def save_annotation(kind: str, root: str, path: str, label: int, defect_type: str, mask: Any, source: str,
+                    detail: dict[str, Any], base_id: int | None, note: str = "") -> Any:
+    """Store a new version of one image's annotation (`db.annotations.save_annotation`)."""
+    from db import annotations as dba
+
+    return dba.save_annotation(kind, root, path, label, defect_type, mask, source=source, detail=detail,
+                               base_id=base_id, note=note)
+
+
+def revert_annotation(kind: str, root: str, path: str, to_version: int, base_id: int | None) -> Any:
+    from db import annotations as dba
+
+    return dba.revert(kind, root, path, to_version, base_id=base_id)
+
+
+def create_annotation_set(kind: str, root: str, name: str, categories: Sequence[str] | None, note: str = "") -> Any:
+    from db import annotations as dba
+
+    return dba.create_set(kind, root, name, categories or None, note=note)
+
+
+def import_annotation_set(kind: str, root: str, data: bytes, file_name: str, name: str | None) -> Any:
+    import io
+
+    from db import annotations as dba
+
+    buffer = io.BytesIO(data)
+    buffer.name = file_name
+    return dba.import_set(kind, root, buffer, name=name or None)
+
+
+def export_annotation_set(set_id: int, include_train: bool = True) -> bytes:
+    import io
+
+    from db import annotations as dba
+
+    buffer = io.BytesIO()
+    dba.export_set(set_id, buffer, include_train=include_train)
+    return buffer.getvalue()

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
-from ad_core.catalog import METRICS
+from ad_core.catalog import DEFAULT_FRAME, METRICS
 from dashboard import state
 from dashboard.pages import REGISTRY
 from db import queries
@@ -88,12 +88,15 @@ class View:
     transpose: bool
     split: str | None = None  # split key; None = the default (standard when present)
     split_label: str | None = None
+    eval_frame: str | None = None  # evaluation frame key; None = the default (full:256 when present)
+    gt_version: str | None = None  # ground-truth version; None = the dataset's own files
 
     def board(self, results: pd.DataFrame) -> lb.Leaderboard:
         timings = db_results.timings_frame(results["job_id"].unique().tolist()) if len(results) else None
         return lb.build_leaderboard(
             results, self.metric, self.metric_version, self.methods or None, self.categories or None,
-            self.include_random, timings, dataset=self.dataset, split=self.split,
+            self.include_random, timings, dataset=self.dataset, split=self.split, eval_frame=self.eval_frame,
+            gt_version=self.gt_version,
         )
 
     def cli(self) -> str:
@@ -107,6 +110,8 @@ class View:
             parts.append("--categories " + " ".join(self.categories))
         if self.split_label and self.split_label != "standard":
             parts.append(f"--split '{self.split_label}'")
+        if self.eval_frame and self.eval_frame != DEFAULT_FRAME:
+            parts.append(f"--frame {self.eval_frame}")
         if not self.include_random:
             parts.append("--no-random")
         if self.transpose:
@@ -134,7 +139,16 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
     metrics = list(METRICS)
     metric = c2.selectbox("Metric", metrics, index=_index(metrics, saved.get("metric")),
                           format_func=METRICS.get, key=f"{prefix}_metric")
-    results = db_results.results_frame(dataset=kind, root=root, metrics=[metric])
+    results = db_results.results_frame(dataset=kind, root=root, metrics=[metric], gt_version=None)
+    gt_version = None
+    if len(results) and results["gt_version"].nunique() > 1:
+        gts = results.drop_duplicates("gt_version").set_index("gt_version")["gt_label"]
+        gt_keys = sorted(gts.index, key=lambda k: (k != "dataset", gts[k]))
+        gt_version = st.selectbox(
+            "Ground truth", gt_keys, index=_index(gt_keys, saved.get("gt_version")), format_func=gts.get,
+            key=f"{prefix}_gt", help="Which ground truth the numbers were computed against: the dataset's own files "
+            "or an annotation set (runs re-scored from their stored maps). Never mixed in one table.")
+    results = results[results["gt_version"] == (gt_version or "dataset")]
     versions = lb.metric_versions(results)[::-1]  # newest first
     version = versions[0] if versions else None
     if len(versions) > 1:
@@ -154,6 +168,19 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
                 help="Results on different splits are never pooled: each split recipe is its own table.")
         split_label = recipes[split_key]
         results = results[results["split_key"] == split_key]
+    eval_frame = None
+    if len(results):
+        frames = results.drop_duplicates("eval_frame").set_index("eval_frame")["eval_frame_label"]
+        keys = sorted(frames.index, key=lambda k: (k != DEFAULT_FRAME, k))
+        eval_frame = keys[0]
+        if len(keys) > 1:
+            eval_frame = st.selectbox(
+                "Evaluation frame", keys, index=_index(keys, saved.get("eval_frame")),
+                format_func=lambda k: f"{k}: {frames[k]}", key=f"{prefix}_frame",
+                help="On which pixels the pixel metrics were computed. full:256 = every method on the full image "
+                     "at 256x256 px; native = each method's own resize + crop (results stored before frames were "
+                     "recorded). Results in different frames are never pooled.")
+        results = results[results["eval_frame"] == eval_frame]
     c4, c5, c6 = st.columns([3, 3, 2])
     method_options = sorted(results["method"].unique())
     category_options = sorted(results["category"].unique())
@@ -166,7 +193,8 @@ def view_controls(prefix: str) -> tuple[View, pd.DataFrame] | None:
                                help="Results from randomly initialised backbones; always marked, never ranked "
                                     "against pretrained ones.", key=f"{prefix}_random")
     transpose = c6.toggle("Categories as rows", value=saved.get("transpose", False), key=f"{prefix}_transpose")
-    view = View(kind, root, metric, version, methods, categories, include_random, transpose, split_key, split_label)
+    view = View(kind, root, metric, version, methods, categories, include_random, transpose, split_key, split_label,
+                eval_frame, gt_version)
     st.session_state[VIEW_KEY] = dataclasses.asdict(view)
     return view, results
 

@@ -74,6 +74,13 @@ def dataset_id(kind: str, root: str, url: str | None = None) -> int:
         return ensure_dataset(s, kind, str(root))
 
 
+def known_datasets(url: str | None = None) -> list[tuple[str, str]]:
+    """(kind, root) of every dataset row (those runs used and those added for annotation), oldest first."""
+    init_db(url)
+    with session_scope(url) as s:
+        return [(k, r) for k, r in s.execute(select(Dataset.kind, Dataset.root).order_by(Dataset.id))]
+
+
 @dataclass(frozen=True)
 class DatasetImage:
     category: str
@@ -462,6 +469,6 @@ def import_set(kind: str, root: str, source: str | Path | IO[bytes], name: str |
 __all__ = [
     "ImportResult", "SavedAnnotation", "SetInfo", "DatasetImage", "annotation_truth", "changed_truths", "create_set",
     "current_annotations", "current_user", "dataset_id", "export_set", "get_set", "gt_labels", "history",
-    "import_set", "list_sets", "resolve_image", "revert", "save_annotation", "set_rows", "set_truths",
+    "import_set", "known_datasets", "list_sets", "resolve_image", "revert", "save_annotation", "set_rows", "set_truths",
     "dataset_images",
 ]

@@ -26,9 +26,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ad_core.annotations import DEFAULT_GT_VERSION
+
 # Defined in the catalogue; re-exported here for db.queries.
 from ad_core.catalog import FINAL_STATUSES as FINAL_STATUSES
 from ad_core.catalog import JOB_STATUSES as JOB_STATUSES
+from ad_core.frame import DEFAULT_FRAME, LEGACY_FRAME
 from db.session import utcnow
 
 # Deterministic constraint names: migrations stay identical on SQLite and PostgreSQL.
@@ -111,6 +114,9 @@ class Job(Base):
     split: Mapped[dict[str, Any]] = mapped_column(
         default=lambda: {"kind": "standard", "seed": None}, server_default='{"kind": "standard", "seed": null}'
     )
+    # The evaluation frame (`ad_core.frame`: 'full:256', 'full:N' or 'native'). Rows from before frames were
+    # recorded were evaluated in each method's own geometry: the migration gives them 'native'.
+    frame: Mapped[str] = mapped_column(String(32), default=DEFAULT_FRAME, server_default=LEGACY_FRAME)
     seed: Mapped[int] = mapped_column(default=0)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     queue: Mapped[str] = mapped_column(String(128))
@@ -221,7 +227,7 @@ class MetricValue(Base):
     stored maps were re-scored (`iad rescore`), so old results stay comparable without re-training."""
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("job_id", "category", "name", "metric_version"),)
+    __table_args__ = (UniqueConstraint("job_id", "category", "name", "metric_version", "gt_version"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -229,6 +235,9 @@ class MetricValue(Base):
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float)
     metric_version: Mapped[str] = mapped_column(String(32))
+    # The ground truth the metric was computed against: 'dataset' (the dataset's own files) or an annotation
+    # set's key (`ad_core.annotations.gt_version_key`; rows re-scored from the stored maps).
+    gt_version: Mapped[str] = mapped_column(String(64), default=DEFAULT_GT_VERSION, server_default=DEFAULT_GT_VERSION)
 
 
 class ImageResultRow(Base):
@@ -265,3 +274,66 @@ class RunRecord(Base):
     metric_version: Mapped[str] = mapped_column(String(32))
     threads: Mapped[int | None]  # torch intra-op threads of the worker process
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Annotation(Base):
+    """One saved version of one image's ground truth (`db.annotations`). Never updated or deleted: a save, a
+    revert or an import adds the next version; the highest version is current. The dataset's files are never
+    touched; masks live in the artifact store (`mask_path`, relative to IAD_ARTIFACTS, written atomically)."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "path", "version"),
+        CheckConstraint("label IN (0, 1)", name="label"),
+        Index(None, "dataset_id", "category"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    category: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(1024))  # the image, relative to the dataset root (POSIX)
+    version: Mapped[int]  # 1, 2, ... per image
+    label: Mapped[int]
+    defect_type: Mapped[str] = mapped_column(String(128))
+    mask_path: Mapped[str | None] = mapped_column(String(1024))  # None: no defect pixels
+    mask_sha256: Mapped[str | None] = mapped_column(String(64))
+    # drawn | prefill | imported | revert; `source_detail` says from what (run, threshold, file, version).
+    source: Mapped[str] = mapped_column(String(16))
+    source_detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The version the author started from (None: the dataset's own ground truth).
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class AnnotationSet(Base):
+    """A named ground-truth version: a dataset plus the annotations current when the set was made.
+    `gt_version` is the content hash of the images whose ground truth differs from the dataset's files
+    (`ad_core.annotations.gt_version_key`); metric rows computed against the set carry it."""
+
+    __tablename__ = "annotation_sets"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    gt_version: Mapped[str] = mapped_column(String(64))
+    categories: Mapped[list[str]]
+    n_changed: Mapped[int] = mapped_column(default=0)  # images whose ground truth differs from the dataset
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+    dataset: Mapped[Dataset] = relationship(lazy="joined")
+
+
+class AnnotationSetItem(Base):
+    """The annotation versions a set holds (the ones current when it was made)."""
+
+    __tablename__ = "annotation_set_items"
+    __table_args__ = (UniqueConstraint("set_id", "annotation_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("annotation_sets.id", ondelete="CASCADE"))
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"))

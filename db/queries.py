@@ -31,6 +31,8 @@ from sqlalchemy import Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ad_core.annotations import DEFAULT_GT_VERSION
+from ad_core.frame import DEFAULT_FRAME
 from db import artifacts
 from db.models import (
     FINAL_STATUSES,
@@ -166,6 +168,7 @@ class JobRequest:
     device: str = "cpu"
     queue: str = "cpu"
     split: dict[str, Any] = field(default_factory=lambda: {"kind": "standard", "seed": None})
+    frame: str = DEFAULT_FRAME  # the evaluation frame's key (`ad_core.frame`)
 
 
 def create_jobs(
@@ -185,7 +188,7 @@ def create_jobs(
             dataset_id = ensure_dataset(s, req.dataset, req.root)
             job = Job(
                 method=req.method, dataset_id=dataset_id, categories=list(req.categories), preset=req.preset,
-                config=dict(req.config), split=dict(req.split), seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
+                config=dict(req.config), split=dict(req.split), frame=req.frame, seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
                 launched_by=launched_by, status="queued", progress=0.0, message="queued", attempts=0,
                 max_attempts=max_attempts, cancel_requested=False, created_at=utcnow(),
             )
@@ -562,6 +565,7 @@ def metrics_frame(
     job_ids: Iterable[int] | None = None,
     group_id: str | None = None,
     url: str | None = None,
+    gt_version: str | None = DEFAULT_GT_VERSION,
 ) -> pd.DataFrame:
     """Long table of metrics of succeeded jobs: one row per job x category x metric, with the job's
     method, preset, dataset, root, seed, device and group. Pivot it for matrices (e.g. method x category)."""
@@ -569,7 +573,7 @@ def metrics_frame(
         select(
             MetricValue.job_id, Job.group_id, Job.method, Job.preset, Dataset.kind.label("dataset"), Dataset.root,
             MetricValue.category, Job.seed, Job.device, MetricValue.name.label("metric"), MetricValue.value,
-            MetricValue.metric_version, Job.finished_at,
+            MetricValue.metric_version, MetricValue.gt_version, Job.finished_at,
         )
         .join(Job, Job.id == MetricValue.job_id)
         .join(Dataset, Dataset.id == Job.dataset_id)
@@ -580,6 +584,8 @@ def metrics_frame(
         query = query.where(MetricValue.job_id.in_(list(job_ids)))
     if group_id is not None:
         query = query.where(Job.group_id == group_id)
+    if gt_version is not None:  # None: every ground truth (the `gt_version` column tells them apart)
+        query = query.where(MetricValue.gt_version == gt_version)
     with _session(url) as s:
         result = s.execute(query)
         return pd.DataFrame(result.all(), columns=list(result.keys()))
@@ -620,10 +626,12 @@ def result_counts(job_id: int, url: str | None = None) -> dict[str, int]:
 # --- re-scoring (metric rows of newer metric versions) -------------------------------------------------------
 
 
-def metric_versions_of(job_ids: Iterable[int] | None = None, url: str | None = None) -> dict[tuple[int, str], set[str]]:
+def metric_versions_of(job_ids: Iterable[int] | None = None, url: str | None = None,
+                       gt_version: str = DEFAULT_GT_VERSION) -> dict[tuple[int, str], set[str]]:
     """(job id, category) -> the metric versions that have rows, for succeeded jobs (all when `job_ids` is None)."""
     query = (select(MetricValue.job_id, MetricValue.category, MetricValue.metric_version).distinct()
-             .join(Job, Job.id == MetricValue.job_id).where(Job.status == "succeeded"))
+             .join(Job, Job.id == MetricValue.job_id).where(Job.status == "succeeded")
+             .where(MetricValue.gt_version == gt_version))
     if job_ids is not None:
         query = query.where(MetricValue.job_id.in_(list(job_ids)))
     versions: dict[tuple[int, str], set[str]] = {}
@@ -634,7 +642,8 @@ def metric_versions_of(job_ids: Iterable[int] | None = None, url: str | None = N
 
 
 def add_metric_values(
-    job_id: int, category: str, values: Mapping[str, float | None], version: str, url: str | None = None
+    job_id: int, category: str, values: Mapping[str, float | None], version: str, url: str | None = None,
+    gt_version: str = DEFAULT_GT_VERSION,
 ) -> int:
     """Store one category's metrics of a finished job under `version` (re-scored from its stored maps), all in
     one transaction. Rows that already exist for that version are left as they are (a second re-score, or two
@@ -642,12 +651,13 @@ def add_metric_values(
     with _session(url) as s:
         before = s.execute(select(func.count()).select_from(MetricValue).where(
             MetricValue.job_id == job_id, MetricValue.category == category,
-            MetricValue.metric_version == version)).scalar_one()
+            MetricValue.metric_version == version, MetricValue.gt_version == gt_version)).scalar_one()
         for name, value in values.items():
             _insert_ignore(s, MetricValue.__table__, {"job_id": job_id, "category": category, "name": name,
-                                                      "value": _finite(value), "metric_version": version},
-                           ["job_id", "category", "name", "metric_version"])
+                                                      "value": _finite(value), "metric_version": version,
+                                                      "gt_version": gt_version},
+                           ["job_id", "category", "name", "metric_version", "gt_version"])
         after = s.execute(select(func.count()).select_from(MetricValue).where(
             MetricValue.job_id == job_id, MetricValue.category == category,
-            MetricValue.metric_version == version)).scalar_one()
+            MetricValue.metric_version == version, MetricValue.gt_version == gt_version)).scalar_one()
     return int(after - before)

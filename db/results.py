@@ -2,7 +2,7 @@
 
 `results_frame` reads the stored metrics of succeeded jobs (one row per job x category x metric) joined
 with what decides whether two numbers are comparable (method, preset, config hash, seed, weights source,
-metric version); `timings_frame` the per-category efficiency numbers; `image_scores_frame` the per-image
+metric version, split recipe, evaluation frame); `timings_frame` the per-category efficiency numbers; `image_scores_frame` the per-image
 scores of many jobs. `leaderboard(...)` queries and builds the matrix in one call. Read only: writes go
 through `db.queries`.
 """
@@ -15,6 +15,8 @@ import pandas as pd
 from sqlalchemy import func, select
 
 from ad_core.analysis.leaderboard import Leaderboard, build_leaderboard, config_hash
+from ad_core.annotations import DEFAULT_GT_LABEL, DEFAULT_GT_VERSION
+from ad_core.frame import frame_identity
 from ad_core.splits import split_identity
 from db.models import CategoryRun, Dataset, FitUnitRow, ImageResultRow, Job, MetricValue, RunRecord, Split
 from db.session import init_db, session_scope
@@ -54,7 +56,7 @@ def _job_filter(query, dataset: str | None, root: str | None, job_ids: Iterable[
 
 
 JOB_COLUMNS = ["job_id", "method", "preset", "seed", "device", "group_id", "dataset", "root", "config", "split",
-               "random_weights", "weights_source", "finished_at"]
+               "frame", "random_weights", "weights_source", "finished_at"]
 
 
 def jobs_frame(
@@ -65,10 +67,11 @@ def jobs_frame(
     url: str | None = None,
 ) -> pd.DataFrame:
     """Succeeded jobs with what makes results comparable: config hash, split recipe (`split_key`, with its
-    `split_label` and `protocol` text), weights."""
+    `split_label` and `protocol` text), evaluation frame (`eval_frame` key, `eval_frame_label`,
+    `eval_frame_protocol`; jobs from before frames were recorded are 'native'), weights."""
     query = _job_filter(
         select(Job.id, Job.method, Job.preset, Job.seed, Job.device, Job.group_id, Dataset.kind, Dataset.root,
-               Job.config, Job.split, RunRecord.random_weights, RunRecord.weights_source, Job.finished_at)
+               Job.config, Job.split, Job.frame, RunRecord.random_weights, RunRecord.weights_source, Job.finished_at)
         .join(Dataset, Dataset.id == Job.dataset_id)
         .outerjoin(RunRecord, RunRecord.job_id == Job.id),
         dataset, root, job_ids, group_id,
@@ -81,6 +84,10 @@ def jobs_frame(
     jobs["split_key"] = [i[0] for i in identities]
     jobs["split_label"] = [i[1] for i in identities]
     jobs["protocol"] = [i[2] for i in identities]
+    frames = [frame_identity(value) for value in jobs.pop("frame")]
+    jobs["eval_frame"] = [f[0] for f in frames]
+    jobs["eval_frame_label"] = [f[1] for f in frames]
+    jobs["eval_frame_protocol"] = [f[2] for f in frames]
     jobs["random_weights"] = jobs["random_weights"].fillna(False).astype(bool)
     return jobs
 
@@ -92,13 +99,17 @@ def results_frame(
     job_ids: Iterable[int] | None = None,
     group_id: str | None = None,
     url: str | None = None,
+    gt_version: str | None = DEFAULT_GT_VERSION,
 ) -> pd.DataFrame:
     """Long table: one row per succeeded job x category x metric, joined with `jobs_frame`'s columns, the
     content hash of the split the category was evaluated on (`split_hash`) and its training counts
-    (`n_train`, of which `n_train_anomalous` labelled anomalies)."""
+    (`n_train`, of which `n_train_anomalous` labelled anomalies). `gt_version`: the ground truth the metrics were
+    computed against (default: the dataset's own files; an annotation set's key; None = all, with `gt_version`
+    and `gt_label` columns: `build_leaderboard` then shows one at a time)."""
     query = _job_filter(
         select(MetricValue.job_id, MetricValue.category, MetricValue.name, MetricValue.value,
-               MetricValue.metric_version, Split.content_hash, Split.n_train, Split.n_train_anomalous)
+               MetricValue.metric_version, Split.content_hash, Split.n_train, Split.n_train_anomalous,
+               MetricValue.gt_version)
         .join(Job, Job.id == MetricValue.job_id)
         .join(Dataset, Dataset.id == Job.dataset_id)
         .outerjoin(CategoryRun, (CategoryRun.job_id == MetricValue.job_id)
@@ -108,11 +119,21 @@ def results_frame(
     )
     if metrics is not None:
         query = query.where(MetricValue.name.in_(list(metrics)))
+    if gt_version is not None:
+        query = query.where(MetricValue.gt_version == gt_version)
     with _session(url) as s:
         rows = s.execute(query).all()
     values = pd.DataFrame(rows, columns=["job_id", "category", "metric", "value", "metric_version", "split_hash",
-                                         "n_train", "n_train_anomalous"])
+                                         "n_train", "n_train_anomalous", "gt_version"])
     values["value"] = values["value"].astype(float)
+    if gt_version is None:
+        from db.annotations import gt_labels
+
+        labels = gt_labels(url) if (values["gt_version"] != DEFAULT_GT_VERSION).any() else {}
+        values["gt_label"] = [labels.get(g, DEFAULT_GT_LABEL if g == DEFAULT_GT_VERSION else g)
+                              for g in values["gt_version"]]
+    else:
+        values = values.drop(columns=["gt_version"])
     jobs = jobs_frame(dataset, root, job_ids, group_id, url)
     return values.merge(jobs.drop(columns=["config"]), on="job_id", how="inner")
 
@@ -196,10 +217,13 @@ def leaderboard(
     group_id: str | None = None,
     split: str | None = None,
     url: str | None = None,
+    eval_frame: str | None = None,
+    gt_version: str | None = None,
 ) -> Leaderboard:
-    """Query + build in one call (what `iad export` and the benchmark use). `split`: a split key or label
-    (default: see `build_leaderboard`)."""
-    results = results_frame(dataset=dataset, root=root, metrics=[metric], group_id=group_id, url=url)
+    """Query + build in one call (what `iad export` and the benchmark use). `split`: a split key or label;
+    `eval_frame`: an evaluation frame key or label; `gt_version`: a ground-truth version key or label (defaults:
+    see `build_leaderboard`)."""
+    results = results_frame(dataset=dataset, root=root, metrics=[metric], group_id=group_id, url=url, gt_version=None)
     timings = timings_frame(results["job_id"].unique().tolist(), url=url) if len(results) else None
     return build_leaderboard(results, metric, metric_version, methods, categories, include_random, timings,
-                             dataset=dataset, split=split)
+                             dataset=dataset, split=split, eval_frame=eval_frame, gt_version=gt_version)

@@ -119,6 +119,7 @@ def test_a_real_job_run_in_process_shows_up_everywhere(iad_env: Path, demo_root:
     at.switch_page("pages/run_detail.py").run()
     assert not at.exception and len(at.image) >= 3
     assert at.table[0].value["value"]["random weights"] == "yes"
+    assert at.table[0].value["value"]["evaluation frame"].startswith("full:256 (every method scored on the full")
 
 
 def _plotly_array(value: object) -> object:
@@ -198,7 +199,7 @@ def test_run_detail_shows_metrics_images_and_provenance(stored: dict) -> None:
     assert images["score"].is_monotonic_decreasing and {"good", "anomalous"} == set(images["label"])
     assert any("Image AUROC" in f.columns for f in frames)
     provenance = at.table[0].value["value"]
-    assert provenance["metric version"] == "iad-metrics-1" and provenance["git commit"] == "synthetic"
+    assert provenance["metric version"] == "iad-metrics-2" and provenance["git commit"] == "synthetic"
     # Other methods scored the same image: the comparison panels render side by side.
     assert at.multiselect(key="detail_compare").value
     at.slider(key="detail_opacity").set_value(0.9).run()
@@ -260,11 +261,14 @@ def test_launch_validates_inline_and_creates_jobs(iad_env: Path, demo_root: Path
     assert sum(queries.job_counts().values()) == 0
 
     at.text_area(key="launch_overrides").input("").run()
+    assert at.radio(key="launch_frame").value == "full:256"  # the common frame is the default
+    at.radio(key="launch_frame").set_value("native").run()
     at.button(key="launch_submit").click().run()
     assert not at.exception and not at.error
     assert "Submitted 6 job(s)" in at.success[0].value
     jobs = queries.list_jobs(limit=None)
     assert sorted((j.categories[0], j.seed) for j in jobs) == [(c, s) for c in ("brick", "grass") for s in range(3)]
+    assert {j.frame for j in jobs} == {"native"}
     assert len({j.group_id for j in jobs}) == 1 and all(j.task_id for j in jobs)
 
 

@@ -90,7 +90,7 @@ def test_metric_versions_and_configs_are_never_mixed(url: str) -> None:
     put("patchcore", "bottle", 0, 0.8)
     put("patchcore", "bottle", 0, 0.7, config={"backbone": "wide_resnet50_2", "crop": 224})
     board = results.leaderboard("mvtec", "image_auroc")
-    assert board.metric_version == "iad-metrics-1" and board.other_versions == ["iad-metrics-0"]
+    assert board.metric_version == "iad-metrics-2" and board.other_versions == ["iad-metrics-0"]
     assert len(board.mean) == 2 and all(re.fullmatch(r"patchcore \(fast\) #[0-9a-f]{8}", r) for r in board.mean.index)
     old = results.leaderboard("mvtec", "image_auroc", metric_version="iad-metrics-0")
     assert old.mean.iloc[0, 0] == pytest.approx(0.9)
@@ -204,11 +204,13 @@ def test_latex_is_structurally_valid_booktabs(board: lb.Leaderboard) -> None:
     assert "metal\\_nut" in latex and "metal_nut" not in latex.replace("metal\\_nut", "")
     # A short caption; the full provenance is a comment above the table, with the booktabs requirement.
     caption = re.search(r"\\caption\{(.*)\}", latex).group(1)
-    assert caption == (r"Image AUROC on MVTec AD (standard split), mean $\pm$ std over 2 seeds; best in bold, second "
+    assert caption == (r"Image AUROC on MVTec AD (standard split, frame: full image 256x256), mean $\pm$ std over 2 "
+                       r"seeds; best in bold, second "
                        r"underlined. $^\ddagger$ Random backbone weights, not ranked.")
     comment = latex.splitlines()[0]
     assert comment.startswith(r"% Needs \usepackage{booktabs}.")
-    for needle in ("split: standard (the dataset as downloaded", "2 seeds (0, 1)", f"metric version {METRIC_VERSION}"):
+    for needle in ("split: standard (the dataset as downloaded", "evaluation frame: full image 256x256",
+                   "2 seeds (0, 1)", f"metric version {METRIC_VERSION}"):
         assert needle in comment
     assert "⚠" not in latex and "±" not in latex  # pdflatex-safe
 

@@ -22,6 +22,7 @@ import pytest
 from ad_core.analysis import export
 from ad_core.analysis import imbalance as imb
 from ad_core.analysis.leaderboard import STANDARD_SPLIT_KEY
+from ad_core.frame import DEFAULT_FRAME, frame_identity
 from ad_core.splits import split_identity
 
 LT_RECIPE = {"kind": "long_tail", "profile": "exp", "ratio": 100, "seed": None}
@@ -37,8 +38,10 @@ _ids = itertools.count(1)
 
 def row(method: str, category: str, seed: int, value: float, n_train: float | None, *, split: dict | None = None,
         metric: str = "image_auroc", version: str = "iad-metrics-1", random: bool = False, job_id: int | None = None,
-        config_hash: str = "cfg00001", preset: str = "fast", split_hash: str | None = None) -> dict:
+        config_hash: str = "cfg00001", preset: str = "fast", split_hash: str | None = None,
+        eval_frame: str = DEFAULT_FRAME) -> dict:
     key, label, protocol = split_identity(split if split is not None else LT_RECIPE)
+    frame_key, frame_label, frame_protocol = frame_identity(eval_frame)
     job = next(_ids) if job_id is None else job_id
     return {"job_id": job, "category": category, "metric": metric, "value": value, "metric_version": version,
             "split_hash": split_hash or f"h-{category}-{seed}-{key}", "n_train": n_train, "n_train_anomalous": 0,
@@ -46,7 +49,8 @@ def row(method: str, category: str, seed: int, value: float, n_train: float | No
             "root": "/data/mvtec", "split": split, "random_weights": random,
             "weights_source": "random" if random else "bundled", "finished_at": pd.Timestamp("2025-01-01")
             + pd.Timedelta(seconds=job), "config_hash": config_hash, "split_key": key, "split_label": label,
-            "protocol": protocol}
+            "protocol": protocol, "eval_frame": frame_key, "eval_frame_label": frame_label,
+            "eval_frame_protocol": frame_protocol}
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

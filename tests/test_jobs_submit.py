@@ -67,6 +67,7 @@ BAD_INPUT = [  # (arguments replaced in a valid command line, what the one-line 
     ({"--split": ["few_shot:k=2,setting=easy"]}, "few_shot setting must be 'general' or 'hard'"),
     ({"--split": ["fewshot:k=2"]}, "unknown split kind 'fewshot'; available: standard, few_shot, long_tail"),
     ({"--split": ["long_tail:zipf"]}, "long_tail name 'zipf' not understood"),
+    ({"--frame": ["crop"]}, "unknown evaluation frame 'crop'; use 'full' (= full:256), 'full:N' or 'native'"),
 ]
 
 
@@ -105,6 +106,7 @@ def test_a_valid_matrix_creates_one_job_per_method_category_seed(
     job = jobs[0]
     assert (job.status, job.queue, job.device, job.dataset.root) == ("queued", "cpu", "cpu", str(tiny_root))
     assert job.config["crop"] == 64 and job.config["backbone"] == "tf_efficientnet_lite0" and job.task_id
+    assert job.frame == "full:256" and "frame full:256" in out  # the default evaluation frame, recorded
     assert job.launched_by and job.max_attempts == 1
     assert _broker_messages(stack) == 6
 

@@ -303,4 +303,4 @@ def test_runner_on_the_long_tailed_multiclass_demo(tmp_path):
     counts = details["train_counts"]
     assert set(details["tail_augmentation"]["synthetic_maps"]) == {c for c, n in counts.items() if n < 20}
     for r in result.categories.values():
-        assert r.anomaly_maps.shape[1:] == (64, 64) and np.isfinite(r.anomaly_maps).all()
+        assert r.anomaly_maps.shape[1:] == (256, 256) and np.isfinite(r.anomaly_maps).all()  # the evaluation frame

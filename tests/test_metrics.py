@@ -283,7 +283,7 @@ def test_compute_all_matches_individual_metrics():
         },
         abs=1e-12,
     )
-    assert METRIC_VERSION == "iad-metrics-1"
+    assert METRIC_VERSION == "iad-metrics-2"  # 2: pixel metrics in the evaluation frame (ad_core.frame)
 
 
 def test_compute_all_without_masks():

@@ -65,7 +65,7 @@ def _assert_stored(st: h.Stack, job_id: int) -> None:
     assert queries.result_counts(job_id, url=st.db_url) == ONE_CATEGORY_ROWS
     [run] = queries.category_runs(job_id, url=st.db_url)
     maps, paths = artifacts.load_map_file(run.maps_path, root=st.artifacts)
-    assert maps.shape == (7, 64, 64) and str(maps.dtype) == "float32"
+    assert maps.shape == (7, 256, 256) and str(maps.dtype) == "float32"  # the evaluation frame (full image, 256 px)
     assert paths == [r.path for r in queries.image_results(job_id, url=st.db_url)]
 
 

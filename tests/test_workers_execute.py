@@ -39,17 +39,18 @@ def _job(db_url: str, root: Path, category: str = "brick", **overrides) -> int:
 
 
 def _masks_for(root: Path, category: str, paths: list[str], size: int) -> np.ndarray:
-    from ad_core.data import Preprocess, load_split, read_image, read_mask
+    """The ground truth in the job's evaluation frame (the default: the full mask at `size` px, nearest)."""
+    from ad_core.data import load_split, read_image, read_mask
+    from ad_core.frame import mask_to_frame
 
     by_path = {s.path: s for s in load_split("demo", root, category).test}
-    prep = Preprocess(resize=size, crop=size)
     masks = []
     for path in paths:
         sample = by_path[path]
         if sample.mask_path is None:
             masks.append(np.zeros((size, size), dtype=bool))
         else:
-            masks.append(prep.mask(read_mask(sample.mask_path, read_image(path).size))[0].numpy() > 0.5)
+            masks.append(mask_to_frame(read_mask(sample.mask_path, read_image(path).size), size))
     return np.stack(masks)
 
 
@@ -82,10 +83,11 @@ def test_job_results_are_stored_and_metrics_recompute_from_maps(
     assert [r.map_index for r in rows] == list(range(7)) and {r.map_path for r in rows} == {run.maps_path}
     maps = artifacts.load_maps(run.maps_path, [r.map_index for r in rows])
     _, stored_paths = artifacts.load_map_file(run.maps_path)
-    assert stored_paths == [r.path for r in rows] and maps.shape == (7, 64, 64)
+    # Stored in the evaluation frame (the full image at 256 px), not the method's 64 px input.
+    assert job.frame == "full:256" and stored_paths == [r.path for r in rows] and maps.shape == (7, 256, 256)
     labels = np.array([r.label for r in rows])
     scores = np.array([r.score for r in rows])
-    recomputed = compute_all(labels, scores, _masks_for(tiny_root, "brick", [r.path for r in rows], 64), maps)
+    recomputed = compute_all(labels, scores, _masks_for(tiny_root, "brick", [r.path for r in rows], 256), maps)
     stored = queries.metrics_frame(job_ids=[job_id], url=db_url).set_index("metric").value
     for name, value in recomputed.items():
         assert stored[name] == pytest.approx(value, abs=1e-12), name  # lossless maps: the same numbers

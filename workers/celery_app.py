@@ -135,6 +135,30 @@ def submit_rescore(job_ids: Sequence[int] | None = None) -> str:
     return task_id
 
 
+@app.task(name="iad.rescore_annotations")
+def rescore_annotations_task(set_id: int, job_ids: list[int] | None = None) -> str:
+    """Re-score stored runs against an annotation set (`workers.annotations.rescore_against_set`)."""
+    from workers.annotations import rescore_against_set
+
+    items = rescore_against_set(int(set_id), job_ids)
+    stored = [i for i in items if i.status == "stored"]
+    for item in items:
+        if item.status.startswith("skipped"):
+            log.warning("rescore against set %s: job %s %s: %s", set_id, item.job_id, item.category, item.status)
+    return f"re-scored {len(stored)} categor{'y' if len(stored) == 1 else 'ies'} against annotation set {set_id}"
+
+
+def submit_rescore_annotations(set_id: int, job_ids: Sequence[int] | None = None) -> str:
+    """Send one `iad.rescore_annotations` message to the cpu queue; returns its task id."""
+    task_id = f"iad-rescore-gt-{uuid.uuid4().hex[:8]}"
+    queue = queue_name("cpu")
+    with _connection() as conn:
+        app.amqp.queues[queue](conn.default_channel).declare()
+        rescore_annotations_task.apply_async(args=[int(set_id), list(job_ids) if job_ids else None], queue=queue,
+                                             task_id=task_id, connection=conn)
+    return task_id
+
+
 @signals.celeryd_init.connect
 def _worker_conf(conf: Any, **_: object) -> None:
     # Worker-only transport settings, applied here so that a process that only submits (and may talk to

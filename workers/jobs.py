@@ -98,6 +98,7 @@ def format_error(exc: BaseException) -> str:
 
 def execute_job(job_id: int, worker: str | None = None, url: str | None = None) -> str:
     """Claim and run job `job_id`. Returns what happened: succeeded, failed, cancelled, lost or skipped (...)."""
+    from ad_core.frame import LEGACY_FRAME
     from ad_core.runner import Cancelled, CategoryResult, RunSpec, run
 
     init_db(url)
@@ -138,6 +139,7 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
         spec = RunSpec(
             method=job.method, dataset=job.dataset.kind, root=job.dataset.root, categories=list(job.categories),
             seed=job.seed, device=job.device, split=dict(job.split or {}), config=dict(job.config),
+            frame=job.frame or LEGACY_FRAME,
         )
         reporter.progress(0.0, "preparing the split", force=True)
         result = run(spec, reporter.progress, reporter.should_cancel, on_category=store_category, keep_maps=False)

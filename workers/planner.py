@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # db.queries imports pandas and SQLAlchemy: not needed to rej
     from db.queries import JobRequest
 
 
-
 @dataclass
 class MatrixPlan:
     """A validated launch: the job requests, or the reasons (per method or field) it cannot be launched."""
@@ -89,9 +88,14 @@ def plan_jobs(
     backbone: str | None = None,
     weights: str | None = None,
     overrides: dict[str, Any] | None = None,
+    frame: str | None = None,
 ) -> MatrixPlan:
-    """Plan (and validate) the jobs of a comparison. Never raises for bad input: see `MatrixPlan.errors`."""
+    """Plan (and validate) the jobs of a comparison. Never raises for bad input: see `MatrixPlan.errors`.
+
+    `frame`: the evaluation frame (`ad_core.frame`; None = the default, the full image at 256 px), one for
+    the whole matrix so that its methods are scored on the same pixels."""
     from ad_core.errors import ConfigError, DatasetError, WeightsError
+    from ad_core.frame import EvalFrame
     from ad_core.splits import SplitSpec
 
     plan = MatrixPlan(errors=check_names(methods, dataset, preset))  # typos first: the cheap, common mistake
@@ -109,6 +113,10 @@ def plan_jobs(
         split_dict = SplitSpec.from_dict(split).for_classes(list(categories)).to_dict()
     except ConfigError as exc:
         plan.errors["split"] = str(exc)
+    try:
+        frame_key = EvalFrame.parse(frame).key
+    except ConfigError as exc:
+        plan.errors["frame"] = str(exc)
     if plan.errors:
         return plan
     # The expensive part (torch, the methods, the data on disk) only for a launch whose names are right.
@@ -122,7 +130,7 @@ def plan_jobs(
         spec = RunSpec(
             method=method, dataset=dataset, root=root, categories=list(categories), backbone=backbone or None,
             weights=weights or None, preset=preset or None, seed=seeds[0], device=device,
-            overrides=dict(overrides or {}), split=split_dict,
+            overrides=dict(overrides or {}), split=split_dict, frame=frame_key,
         )
         try:
             prepared = spec.prepare()
@@ -144,5 +152,6 @@ def plan_jobs(
                 plan.requests.append(JobRequest(
                     method=method, dataset=dataset, root=root, categories=list(unit.categories), config=config,
                     preset=preset or None, seed=seed, device=device, queue=queue_for_device(device), split=split_dict,
+                    frame=frame_key,
                 ))
     return plan

@@ -48,15 +48,18 @@ def display_label(board: Leaderboard, variant: str) -> str:
 
 
 def latex_caption(board: Leaderboard) -> str:
-    """A caption as short as papers have them: what was measured on what, and how to read the table. The
-    full provenance (split protocol, seed list, metric version) goes into a comment above the table."""
+    """A caption as short as papers have them: what was measured on what (split and evaluation frame), and how
+    to read the table. The full provenance (split protocol, seed list, metric version) goes into a comment
+    above the table."""
     if type(board).caption is not Leaderboard.caption:
         # A table with a caption of its own (the imbalance group table defines its groups there): keep it whole.
         return latex_escape(board.caption(with_root=False))
     seeds = board.seeds
     dataset = DATASET_DISPLAY_NAMES.get(board.dataset, board.dataset)
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "single seed"
-    text = f"{board.metric_label} on {dataset} ({board.split_label} split), {spread}; best in bold, second underlined."
+    frame = f", frame: {board.eval_frame_label}" if board.eval_frame_label else ""
+    text = (f"{board.metric_label} on {dataset} ({board.split_label} split{frame}), {spread}; best in bold, second "
+            "underlined.")
     if board.incomplete:
         text += " † Mean over a subset of the categories."
     if board.any_random:

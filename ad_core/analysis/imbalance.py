@@ -6,9 +6,9 @@ works on *points*: one per method variant x category x seed, each with its own t
 recipe with `seed=None` draws head and tail classes with the run's seed, so a class may be a head class for
 seed 0 and a tail class for seed 1: points are grouped first and aggregated over seeds only afterwards.
 
-- `select_points`: the points of one metric, one metric version and one split recipe (the leaderboard's
-  honesty rules: never pooled across recipes or versions, results on changed data left out, the latest
-  re-run wins, random-weight variants flagged);
+- `select_points`: the points of one metric, one metric version, one split recipe and one evaluation frame
+  (the leaderboard's honesty rules: never pooled across recipes, frames or versions, results on changed data
+  left out, the latest re-run wins, random-weight variants flagged);
 - `scatter_points` / `trend_lines`: metric against training images per class (least squares on log10 n);
 - `make_grouping` + `group_table`: many/medium/few groups (the long-tail literature's >100 / 20-100 / <20
   images, or tertiles of the split's own counts), per-seed group means, mean ± std over seeds and the
@@ -32,6 +32,7 @@ from ad_core.analysis.leaderboard import (
     RANDOM_MARK,
     STANDARD_SPLIT_KEY,
     Leaderboard,
+    _pick_frame,
     _pick_split,
     _rank,
     _same_files,
@@ -170,6 +171,9 @@ class Points:
     other_splits: list[str] = field(default_factory=list)
     excluded: int = 0  # jobs left out: their data changed since (split content hash)
     uncounted: int = 0  # results without a stored training count (older runs), left out
+    eval_frame: str | None = None  # the evaluation frame's key (`ad_core.frame`)
+    eval_frame_label: str = ""
+    other_frames: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -206,13 +210,16 @@ def select_points(
     include_random: bool = True,
     dataset: str | None = None,
     need_counts: bool = True,
+    eval_frame: str | None = None,
 ) -> Points:
     """The points of `metric` on one split recipe (key or label; default: `default_split`) and one metric
     version (default: the newest in use). Raises ValueError for a split with no results.
 
     Rules (as in `build_leaderboard`): results whose split content hash differs from the newest one for
     the same category and seed are left out (`excluded`); a re-run of the same variant x category x seed
-    replaces the older one; `need_counts` leaves out (and counts in `uncounted`) results without `n_train`.
+    replaces the older one; `need_counts` leaves out (and counts in `uncounted`) results without `n_train`;
+    one evaluation frame (`eval_frame`, key or label; default as `build_leaderboard`: the default frame when
+    it has results on the recipe, else the frame with the most results).
     """
     frame = results[results["metric"] == metric]
     if split is None:
@@ -220,6 +227,9 @@ def select_points(
     split_key, split_label, protocol, other_splits = _pick_split(frame, split)
     if split_key is not None and "split_key" in frame:
         frame = frame[frame["split_key"] == split_key]
+    frame_key, frame_label, other_frames = _pick_frame(frame, eval_frame)
+    if frame_key is not None and "eval_frame" in frame:
+        frame = frame[frame["eval_frame"] == frame_key]
     frame, excluded = _same_files(frame)
     versions = metric_versions(frame)
     if metric_version is None and versions:
@@ -253,7 +263,7 @@ def select_points(
         points = frame[POINT_COLUMNS].sort_values(["variant", "category", "seed"]).reset_index(drop=True)
         points["random_weights"] = points["random_weights"].astype(bool)
     return Points(points, counts, dataset, roots, metric, metric_version, split_key, split_label, protocol,
-                  other_versions, other_splits, excluded, uncounted)
+                  other_versions, other_splits, excluded, uncounted, frame_key, frame_label, other_frames)
 
 
 # --- scatter and trend ---------------------------------------------------------------------------------------------
@@ -362,6 +372,7 @@ class GroupBoard(Leaderboard):
         parts = [
             f"{self.metric_label} on {self.dataset}{roots} by training images per class",
             f"split: {self.split_label} ({self.protocol})" if self.protocol else f"split: {self.split_label}",
+            *self.frame_caption(),
             f"groups by {source}: {groups} training images",
             f"cells: {what} of the per-seed group mean (the mean over the classes in the group in that seed, "
             "each class with its own count)",
@@ -411,7 +422,9 @@ def group_table(points: Points, grouping: str | Grouping = LITERATURE, precision
                 metric_version=points.metric_version, categories=cols, other_versions=points.other_versions,
                 precision=precision, split_key=points.split_key or STANDARD_SPLIT_KEY,
                 split_label=points.split_label, protocol=points.protocol, other_splits=points.other_splits,
-                excluded=points.excluded, grouping=grouping, group_sizes=sizes, uncounted=points.uncounted)
+                excluded=points.excluded, grouping=grouping, group_sizes=sizes, uncounted=points.uncounted,
+                eval_frame=points.eval_frame, eval_frame_label=points.eval_frame_label,
+                other_frames=points.other_frames)
     if seeded.empty:
         empty = pd.DataFrame(columns=cols, dtype=float)
         rows = pd.DataFrame(columns=["method", "preset", "config_hash", "random_weights", "seed_list",
@@ -455,7 +468,8 @@ def group_table(points: Points, grouping: str | Grouping = LITERATURE, precision
 @dataclass
 class Drop:
     """Per variant x category: the metric on the long-tailed split and on the standard split (same variant,
-    dataset root and metric version), and the drop caused by imbalance (`drop` = full − long-tailed)."""
+    dataset root, evaluation frame and metric version), and the drop caused by imbalance (`drop` = full −
+    long-tailed)."""
 
     table: pd.DataFrame
     missing: pd.DataFrame  # long-tailed jobs with no standard result for some (category, seed) of theirs
@@ -463,6 +477,8 @@ class Drop:
     metric_version: str | None
     split_label: str
     note: str = ""  # why there is no table (e.g. the chosen split is the standard one)
+    eval_frame: str | None = None  # both sides' evaluation frame (`ad_core.frame`)
+    eval_frame_label: str = ""
 
     TABLE_COLUMNS: ClassVar[tuple[str, ...]] = (
         "variant", "method", "random_weights", "category", "n_train", "seeds", "long_tail", "long_tail_std",
@@ -489,6 +505,7 @@ def drop_table(
     categories: Sequence[str] | None = None,
     include_random: bool = True,
     dataset: str | None = None,
+    eval_frame: str | None = None,
 ) -> Drop:
     """Long-tailed (`split`, default `default_split`) vs standard split, per variant, class and long-tailed
     training count.
@@ -500,10 +517,13 @@ def drop_table(
     of the class (`*_std`: sample std, NaN for one seed; `n_train_full`: the standard training count).
     `drop` = full − long_tail, `relative_drop` = drop / full. A class without a standard result has NaN there
     and its long-tailed jobs are listed in `missing` (one row per job: a multi-class job covers all its
-    classes at once)."""
-    lt = select_points(results, metric, split, metric_version, methods, categories, include_random, dataset)
+    classes at once). Both sides are in one evaluation frame (`eval_frame`; default: as `select_points`
+    picks it for the long-tailed side)."""
+    lt = select_points(results, metric, split, metric_version, methods, categories, include_random, dataset,
+                       eval_frame=eval_frame)
+    framing = {"eval_frame": lt.eval_frame, "eval_frame_label": lt.eval_frame_label}
     empty = Drop(pd.DataFrame(columns=list(Drop.TABLE_COLUMNS)), pd.DataFrame(columns=list(Drop.MISSING_COLUMNS)),
-                 metric, lt.metric_version, lt.split_label)
+                 metric, lt.metric_version, lt.split_label, **framing)
     if lt.split_key == STANDARD_SPLIT_KEY:
         empty.note = "this is the standard split: choose a long-tailed split to compare against it"
         return empty
@@ -512,9 +532,15 @@ def drop_table(
         return empty
     base = results[results["metric"] == metric]
     if "split_key" in base and (base["split_key"] == STANDARD_SPLIT_KEY).any():
-        full = select_points(results, metric, STANDARD_SPLIT_KEY, lt.metric_version, methods,
-                             sorted(lt.frame["category"].unique()), include_random, dataset, need_counts=False)
-        full_frame = full.frame
+        standard = base[base["split_key"] == STANDARD_SPLIT_KEY]
+        if lt.eval_frame is not None and "eval_frame" in standard:
+            standard = standard[standard["eval_frame"] == lt.eval_frame]
+        full_frame = pd.DataFrame(columns=POINT_COLUMNS)
+        if len(standard):
+            full = select_points(standard, metric, STANDARD_SPLIT_KEY, lt.metric_version, methods,
+                                 sorted(lt.frame["category"].unique()), include_random, dataset, need_counts=False,
+                                 eval_frame=lt.eval_frame)
+            full_frame = full.frame
     else:
         full_frame = pd.DataFrame(columns=POINT_COLUMNS)
     lt_frame = lt.frame.assign(key=_key(lt.frame))
@@ -557,7 +583,7 @@ def drop_table(
                          "preset": first["preset"], "config_hash": first["config_hash"], "seed": int(first["seed"]),
                          "categories": sorted(g["category"]), "missing_categories": missing})
     return Drop(table, pd.DataFrame(rows, columns=list(Drop.MISSING_COLUMNS)), metric, lt.metric_version,
-                lt.split_label)
+                lt.split_label, **framing)
 
 
 __all__ = [

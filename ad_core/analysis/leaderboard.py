@@ -10,6 +10,12 @@ the stored timings (`db.results.timings_frame`). Rules that keep numbers honest:
 - one metric version per table (the newest by default; the others are reported, never mixed in);
 - one split recipe per table (`split_key`: the dataset as downloaded by default; other recipes are
   reported, never pooled), and the caption states the recipe in words;
+- one ground truth per table (`gt_version`: the dataset's own files by default, or an annotation set's
+  version; results against other ground truths are reported, never mixed), stated in the caption when it is
+  not the dataset's own or others exist;
+- one evaluation frame per table (`eval_frame`, `ad_core.frame`: the full image at 256 px by default; results
+  stored before frames were recorded count as `native`; other frames are reported, never pooled), stated in
+  the caption;
 - within a table, every result of one category and seed comes from the same files: results whose split
   content hash differs from the newest one for that category and seed (the data changed on disk) are left
   out and counted in `excluded`;
@@ -31,7 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ad_core.catalog import METRIC_VERSION, METRICS
+from ad_core.annotations import DEFAULT_GT_LABEL, DEFAULT_GT_VERSION
+from ad_core.catalog import DEFAULT_FRAME, METRIC_VERSION, METRICS
 
 MEAN = "mean"
 RANDOM_MARK = "⚠ random weights"
@@ -72,6 +79,12 @@ class Leaderboard:
     # The values behind the means: one row per variant x column (categories + MEAN) x seed; columns
     # variant, column, seed, value (the MEAN column's values are per-seed averages over the categories).
     seed_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["variant", "column", "seed", "value"]))
+    eval_frame: str | None = None  # the evaluation frame's key (`ad_core.frame`); None = not recorded
+    eval_frame_label: str = ""
+    other_frames: list[str] = field(default_factory=list)  # labels of frames present but not shown
+    gt_version: str = DEFAULT_GT_VERSION  # the ground truth the numbers were computed against
+    gt_label: str = DEFAULT_GT_LABEL
+    other_gts: list[str] = field(default_factory=list)  # labels of ground-truth versions present but not shown
 
     @property
     def empty(self) -> bool:
@@ -129,10 +142,10 @@ class Leaderboard:
                     "variant": row, "random_weights": bool(info["random_weights"]), "category": col,
                     "mean": self.mean.at[row, col], "std": self.std.at[row, col], "n_seeds": int(self.n.at[row, col]),
                     "rank": int(self.rank.at[row, col]), "dataset": self.dataset, "metric": self.metric,
-                    "metric_version": self.metric_version, "split": self.split_label,
+                    "metric_version": self.metric_version, "split": self.split_label, "frame": self.eval_frame,
                 })
         columns = ["method", "preset", "config_hash", "variant", "random_weights", "category", "mean", "std",
-                   "n_seeds", "rank", "dataset", "metric", "metric_version", "split"]
+                   "n_seeds", "rank", "dataset", "metric", "metric_version", "split", "frame"]
         return pd.DataFrame(records, columns=columns)
 
     def caption(self, with_root: bool = True) -> str:
@@ -142,6 +155,8 @@ class Leaderboard:
         parts = [
             f"{self.metric_label} on {self.dataset}{roots}",
             f"split: {self.split_label} ({self.protocol})" if self.protocol else f"split: {self.split_label}",
+            *self.frame_caption(),
+            *([f"ground truth: {self.gt_label}"] if self.gt_version != DEFAULT_GT_VERSION or self.other_gts else []),
             f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1
             else f"single seed ({seeds[0] if seeds else '-'}), no std",
             f"metric version {self.metric_version}",
@@ -154,6 +169,11 @@ class Leaderboard:
         return "; ".join(parts) + "."
 
 
+    def frame_caption(self) -> list[str]:
+        """The caption part naming the evaluation frame (none when the results carry no frame)."""
+        return [f"evaluation frame: {self.eval_frame_label}"] if self.eval_frame_label else []
+
+
 def metric_versions(frame: pd.DataFrame) -> list[str]:
     """The metric versions of a results frame, oldest first: in the order of their first finished job, with
     this code's `METRIC_VERSION` last whenever present (re-scored rows of an old job are the newest version,
@@ -162,6 +182,48 @@ def metric_versions(frame: pd.DataFrame) -> list[str]:
         return []
     versions = list(frame.sort_values("finished_at", kind="stable")["metric_version"].drop_duplicates())
     return sorted(versions, key=lambda v: v == METRIC_VERSION)  # stable: only moves the current one last
+
+
+def _pick_frame(frame: pd.DataFrame, eval_frame: str | None) -> tuple[str | None, str, list[str]]:
+    """(key, label, labels of the other frames) of the evaluation frame a table shows: `eval_frame` (a key or
+    label), else the default frame when it has results, else the frame with the most results."""
+    if "eval_frame" not in frame or frame.empty:
+        return eval_frame, "", []
+    counts = frame.groupby("eval_frame").size().sort_values(ascending=False, kind="stable")
+    labels = frame.drop_duplicates("eval_frame").set_index("eval_frame")["eval_frame_label"]
+    if eval_frame is None:
+        key = DEFAULT_FRAME if DEFAULT_FRAME in counts.index else str(counts.index[0])
+    elif eval_frame in counts.index:
+        key = eval_frame
+    else:
+        by_label = [k for k in counts.index if labels[k] == eval_frame]
+        if not by_label:
+            raise ValueError(f"no results in evaluation frame {eval_frame!r}; frames with results: "
+                             f"{', '.join(f'{k} ({labels[k]})' for k in counts.index)}")
+        key = by_label[0]
+    return key, str(labels[key]), [str(labels[k]) for k in counts.index if k != key]
+
+
+def _pick_gt(frame: pd.DataFrame, gt_version: str | None) -> tuple[str, str, list[str]]:
+    """(key, label, labels of the others) of the ground-truth version a table shows: `gt_version` (a key or label),
+    else the dataset's own ground truth when it has results, else the version with the most results. Frames
+    without a `gt_version` column hold only the dataset's ground truth."""
+    if "gt_version" not in frame or frame.empty:
+        return gt_version or DEFAULT_GT_VERSION, DEFAULT_GT_LABEL if not gt_version else str(gt_version), []
+    counts = frame.groupby("gt_version").size().sort_values(ascending=False, kind="stable")
+    labels = (frame.drop_duplicates("gt_version").set_index("gt_version")["gt_label"] if "gt_label" in frame
+              else pd.Series({k: str(k) for k in counts.index}))
+    if gt_version is None:
+        key = DEFAULT_GT_VERSION if DEFAULT_GT_VERSION in counts.index else str(counts.index[0])
+    elif gt_version in counts.index:
+        key = gt_version
+    else:
+        by_label = [k for k in counts.index if labels[k] == gt_version]
+        if not by_label:
+            raise ValueError(f"no results against ground truth {gt_version!r}; ground truths with results: "
+                             f"{', '.join(f'{k} ({labels[k]})' for k in counts.index)}")
+        key = by_label[0]
+    return key, str(labels[key]), [str(labels[k]) for k in counts.index if k != key]
 
 
 def _pick_split(frame: pd.DataFrame, split: str | None) -> tuple[str | None, str, str, list[str]]:
@@ -221,17 +283,29 @@ def build_leaderboard(
     precision: int = 3,
     dataset: str | None = None,
     split: str | None = None,
+    eval_frame: str | None = None,
+    gt_version: str | None = None,
 ) -> Leaderboard:
     """Matrix of `metric` from a `results_frame` (one dataset). See the module docstring for the rules.
 
     `split` picks the split recipe by key or label; default: the standard split when it has results, else
-    the recipe with the most results.
+    the recipe with the most results. `eval_frame` picks the evaluation frame (key, e.g. 'full:256' or
+    'native', or label) among the results on that recipe; default: `DEFAULT_FRAME` when it has results, else
+    the frame with the most results.
     """
     frame = results[results["metric"] == metric]
+    gt_key, gt_label, other_gts = _pick_gt(frame, gt_version)  # one ground truth per table, never mixed
+    if "gt_version" in frame:
+        frame = frame[frame["gt_version"] == gt_key]
     split_key, split_label, protocol, other_splits = _pick_split(frame, split)
     if split_key is not None:
         frame = frame[frame["split_key"] == split_key]
+    frame_key, frame_label, other_frames = _pick_frame(frame, eval_frame)
+    if frame_key is not None and "eval_frame" in frame:
+        frame = frame[frame["eval_frame"] == frame_key]
     frame, excluded = _same_files(frame)
+    framing = {"eval_frame": frame_key, "eval_frame_label": frame_label, "other_frames": other_frames}
+    framing.update(gt_version=gt_key, gt_label=gt_label, other_gts=other_gts)
     versions = metric_versions(frame)
     if metric_version is None and versions:
         metric_version = versions[-1]  # the newest version in use
@@ -252,7 +326,7 @@ def build_leaderboard(
         rows = pd.DataFrame(columns=["method", "preset", "config_hash", "random_weights", "seed_list", "n_categories"])
         return Leaderboard(dataset, roots, metric, metric_version, cats, empty, empty.copy(), empty.copy(),
                            empty.copy(), rows, other, precision, split_key or STANDARD_SPLIT_KEY, split_label,
-                           protocol, other_splits, excluded)
+                           protocol, other_splits, excluded, **framing)
 
     frame = frame.assign(variant=_variant_labels(frame).values)
     # A re-run of the same variant x category x seed replaces the older one: the latest job wins.
@@ -311,4 +385,4 @@ def build_leaderboard(
         ignore_index=True,
     )
     return Leaderboard(dataset, roots, metric, metric_version, cats, mean, std, n, rank, info, other, precision,
-                       split_key, split_label, protocol, other_splits, excluded, seed_values)
+                       split_key, split_label, protocol, other_splits, excluded, seed_values, **framing)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ad_core.errors import DatasetError
+from ad_core.frame import Placement, mask_to_frame, placement
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -163,13 +164,14 @@ class Preprocess:
     def eval_size(self) -> int:
         return self.crop
 
+    def placement(self, width: int, height: int) -> Placement:
+        """Where the crop of a `width` x `height` image sits in its resized image (`ad_core.frame`)."""
+        return placement((width, height), self.resize, self.crop)
+
     def _geometry(self, img: Image.Image, resample: int) -> Image.Image:
-        w, h = img.size
-        scale = self.resize / min(w, h)
-        nw, nh = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
-        img = img.resize((nw, nh), resample=resample)
-        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
-        return img.crop((left, top, left + self.crop, top + self.crop))
+        where = self.placement(*img.size)
+        img = img.resize((where.width, where.height), resample=resample)
+        return img.crop((where.left, where.top, where.left + self.crop, where.top + self.crop))
 
     def image(self, img: Image.Image) -> torch.Tensor:
         arr = np.asarray(self._geometry(img, Image.BILINEAR), dtype=np.float32) / 255.0
@@ -188,11 +190,16 @@ class Preprocess:
 
 class ImageDataset(torch.utils.data.Dataset):
     """Samples -> dict(image [3,S,S] float, mask [1,S,S] float in {0,1}, label, defect_type, category, path,
-    index)."""
+    index).
 
-    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess):
+    With `frame_size` (evaluation in a full-image frame, `ad_core.frame`) each item also holds
+    `frame_mask` [1,F,F] (the full-resolution mask resized to F x F, nearest neighbour) and `image_size`
+    (W, H) of the image as read, from which the runner places the method's map back into the frame."""
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess, frame_size: int | None = None):
         self.samples = list(samples)
         self.preprocess = preprocess
+        self.frame_size = frame_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -200,14 +207,16 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         img = read_image(sample.path)
+        full_mask = None
         if sample.mask_path is not None:
-            mask = self.preprocess.mask(read_mask(sample.mask_path, img.size))
+            full_mask = read_mask(sample.mask_path, img.size)
+            mask = self.preprocess.mask(full_mask)
         else:
             if sample.label == 1:
                 warnings.warn(f"anomalous image {sample.path} has no mask; treating it as all-normal pixels", stacklevel=2)
             size = self.preprocess.eval_size
             mask = torch.zeros(1, size, size)
-        return {
+        item = {
             "image": self.preprocess.image(img),
             "mask": mask,
             "label": sample.label,
@@ -216,3 +225,9 @@ class ImageDataset(torch.utils.data.Dataset):
             "path": sample.path,
             "index": index,
         }
+        if self.frame_size is not None:
+            f = self.frame_size
+            frame_mask = mask_to_frame(full_mask, f) if full_mask is not None else np.zeros((f, f), dtype=bool)
+            item["frame_mask"] = torch.from_numpy(frame_mask.astype(np.float32))[None]
+            item["image_size"] = torch.tensor(img.size, dtype=torch.int64)
+        return item

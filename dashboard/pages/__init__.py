@@ -16,6 +16,7 @@ class PageSpec:
     title: str
     icon: str  # a Material icon (rendered by Streamlit itself; emoji fonts are missing on many desktops)
     default: bool = False
+    section: str = ""  # navigation section ("" = the unlabelled top group)
 
 
 REGISTRY: tuple[PageSpec, ...] = (
@@ -25,4 +26,7 @@ REGISTRY: tuple[PageSpec, ...] = (
     PageSpec("jobs", "pages/jobs.py", "Jobs", ":material/list_alt:"),
     PageSpec("run_detail", "pages/run_detail.py", "Run detail", ":material/image_search:"),
     PageSpec("export", "pages/export.py", "Export", ":material/download:"),
+    PageSpec("annotate", "pages/annotate.py", "Annotate", ":material/draw:", section="Annotate"),
+    PageSpec("annotation_sets", "pages/annotation_sets.py", "Annotation sets", ":material/fact_check:",
+             section="Annotate"),
 )

@@ -20,7 +20,7 @@ from plotly.colors import qualitative
 from ad_core.analysis import export
 from ad_core.analysis import imbalance as imb
 from ad_core.analysis import leaderboard as lb
-from ad_core.catalog import METRICS
+from ad_core.catalog import DEFAULT_FRAME, METRICS
 from ad_core.splits import split_identity
 from dashboard import state, ui
 from db import queries
@@ -65,6 +65,14 @@ keys = sorted(recipes.index, key=lambda k: (imb.split_kind(k) != imb.LONG_TAIL_K
 split_key = c3.selectbox("Split", keys, index=_index(keys, imb.default_split(results)), format_func=recipes.get,
                          key="imb_split", help="Results on different split recipes are never pooled.")
 on_split = results[results["split_key"] == split_key]
+frames = on_split.drop_duplicates("eval_frame").set_index("eval_frame")["eval_frame_label"]
+frame_keys = sorted(frames.index, key=lambda k: (k != DEFAULT_FRAME, k))
+eval_frame = frame_keys[0] if frame_keys else None
+if len(frame_keys) > 1:
+    eval_frame = st.selectbox("Evaluation frame", frame_keys, format_func=lambda k: f"{k}: {frames[k]}",
+                              key="imb_frame", help="On which pixels the pixel metrics were computed (native: each "
+                                                    "method's own crop). Results in different frames are never pooled.")
+on_split = on_split[on_split["eval_frame"] == eval_frame]
 versions = lb.metric_versions(on_split)[::-1]  # newest first
 c4, c5, c6 = st.columns([3, 2, 2])
 methods = c4.multiselect("Methods", sorted(on_split["method"].unique()), placeholder="all methods", key="imb_methods")
@@ -82,7 +90,7 @@ include_random = c6.toggle("Random-weight runs", value=True, key="imb_random",
                            help="Results from randomly initialised backbones; always marked, never ranked.")
 
 points = imb.select_points(results, metric, split=split_key, metric_version=version, methods=methods or None,
-                           include_random=include_random, dataset=kind)
+                           include_random=include_random, dataset=kind, eval_frame=eval_frame)
 if points.other_versions:
     st.warning(f"Results computed with other metric versions ({', '.join(points.other_versions)}) are not shown: "
                "numbers from different metric implementations are never mixed.")
@@ -199,7 +207,7 @@ with st.expander("Per-seed group means and class membership"):
 # --- long-tailed vs full training set ---------------------------------------------------------------------------
 st.subheader("Long-tailed vs full training set")
 drop = imb.drop_table(results, metric, split=split_key, metric_version=version, methods=methods or None,
-                      include_random=include_random, dataset=kind)
+                      include_random=include_random, dataset=kind, eval_frame=eval_frame)
 if drop.note:
     st.info(drop.note[0].upper() + drop.note[1:] + ".")
 else:
@@ -221,7 +229,8 @@ else:
             "relative_drop": st.column_config.NumberColumn("drop / full", format="%+.1%"),
         },
     )
-    st.caption(f"{points.metric_label}, metric version {drop.metric_version}: the same method variant (method, "
+    st.caption(f"{points.metric_label}, metric version {drop.metric_version}, evaluation frame "
+               f"{drop.eval_frame_label or 'not recorded'}: the same method variant (method, "
                f"preset and full config) on {drop.split_label} and on the standard split of the same dataset root, "
                "one row per class and long-tailed training count. Long-tailed: the mean over the seeds that gave the "
                "class this count; full: the mean over the variant's standard-split seeds of the class (± sample "
@@ -233,7 +242,8 @@ else:
     pending = set()
     if len(missing):
         for job in queries.list_jobs(status=["queued", "running"], limit=None):
-            if (job.dataset.kind, job.dataset.root) == (kind, root) and split_identity(job.split)[0] == lb.STANDARD_SPLIT_KEY:
+            if ((job.dataset.kind, job.dataset.root) == (kind, root) and job.frame == eval_frame
+                    and split_identity(job.split)[0] == lb.STANDARD_SPLIT_KEY):
                 pending.update((job.method, job.preset or "", lb.config_hash(job.config), job.seed, c)
                                for c in job.categories)
         waiting = [all((r.method, r.preset or "", r.config_hash, r.seed, c) in pending for c in r.missing_categories)
@@ -278,6 +288,8 @@ e3.download_button("Download Markdown", export.to_markdown(board), file_name=f"{
                    key="imb_dl_md", icon=":material/article:")
 cli = ["iad export", f"--dataset {kind}", f"--root {root}", f"--metric {metric}", "--view imbalance",
        f"--split '{points.split_label}'", f"--grouping {grouping.convention}"]
+if eval_frame and eval_frame != DEFAULT_FRAME:
+    cli.append(f"--frame {eval_frame}")
 if version and len(versions) > 1:
     cli.append(f"--metric-version {version}")
 if methods:

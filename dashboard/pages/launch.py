@@ -9,6 +9,7 @@ import streamlit as st
 from ad_core.catalog import DATASET_KINDS
 from ad_core.config_text import parse_overrides
 from ad_core.data import DatasetError, list_categories
+from ad_core.frame import DEFAULT_FRAME, NATIVE, EvalFrame
 from ad_core.methods import ConfigError, available_methods, get_method
 from ad_core.splits import SplitSpec
 from dashboard import state, ui
@@ -84,6 +85,15 @@ elif split_kind == "long_tail":
         except ConfigError as exc:
             st.error(str(exc))
 
+frame = st.radio(
+    "Evaluation frame", [DEFAULT_FRAME, NATIVE], horizontal=True, key="launch_frame",
+    format_func=lambda k: f"{k}: {EvalFrame.parse(k).label}",
+    help="On which pixels the pixel metrics are computed. full:256 (default): every method on the full image at "
+         "256x256 px; a method that crops (PatchCore, ReConPatch: 224 of 256) has its map put back into the full "
+         "image and the cut-away border gets that image's lowest score, so all methods are scored on the same "
+         "pixels. native: each method's own resize + crop, as in the papers (not comparable across geometries). "
+         "Results in different frames are never pooled.")
+
 c1, c2, c3 = st.columns(3)
 seeds_text = c1.text_input("Seeds", value="0", key="launch_seeds", help="e.g. `0 1 2` or `0-4`")
 device = c2.selectbox("Device", ["cpu", "cuda"], key="launch_device", help="cuda jobs go to the gpu queue")
@@ -123,7 +133,8 @@ if st.button(f"Launch {n_jobs} job(s)", type="primary", disabled=n_jobs == 0, ke
         with st.spinner("Validating..."):
             plan = state.plan_jobs(methods, kind, root, categories, seeds, split=split, preset=preset, device=device,
                                      backbone=backbone.strip() or None,
-                                     weights=None if weights == "(preset)" else weights, overrides=overrides)
+                                     weights=None if weights == "(preset)" else weights, overrides=overrides,
+                                     frame=frame)
     if plan.errors:
         for what, message in plan.errors.items():
             st.error(f"**{what}**: {message}")

@@ -11,8 +11,9 @@ import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
 from ad_core.catalog import METRICS
+from ad_core.frame import EvalFrame, frame_identity
 from ad_core.splits import split_identity
-from dashboard import evidence, heatmap, ui
+from dashboard import annotate, evidence, heatmap, ui
 from db import queries
 from db import results as db_results
 
@@ -40,6 +41,7 @@ job = by_id[job_id]
 record = queries.run_record(job_id)
 config = (record.config if record else None) or job.config
 _, split_label, split_protocol = split_identity(job.split)
+frame_key, _, frame_protocol = frame_identity(job.frame)
 
 if record is not None and record.random_weights:
     st.warning(f"{lb.RANDOM_MARK}: this run used a randomly initialised backbone ({record.weights_source}); "
@@ -55,16 +57,30 @@ def normal_scale(map_path: str, labels: tuple[int, ...], anchor: str) -> heatmap
 
 
 @st.cache_resource(max_entries=256, show_spinner=False)
-def display_image(path: str, resize: int, crop: int, mask_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image (and mask) exactly as the model saw it: same resize + centre crop as its maps."""
+def display_image(path: str, resize: int, crop: int, mask_path: str | None,
+                  frame_size: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image (and mask) in the geometry of its stored maps: the full image at `frame_size` px (a full-image
+    evaluation frame), or, for the native frame (`frame_size` 0), as the model saw it (resize + centre crop)."""
     from ad_core.data import Preprocess, read_image, read_mask
+    from ad_core.frame import image_to_frame, mask_to_frame
 
-    prep = Preprocess(resize=resize, crop=crop)
     img = read_image(path)
-    mask = None
-    if mask_path:
-        mask = prep.mask(read_mask(mask_path, img.size))[0].numpy() > 0.5
+    full_mask = read_mask(mask_path, img.size) if mask_path else None
+    if frame_size:
+        return image_to_frame(img, frame_size), None if full_mask is None else mask_to_frame(full_mask, frame_size)
+    prep = Preprocess(resize=resize, crop=crop)
+    mask = None if full_mask is None else prep.mask(full_mask)[0].numpy() > 0.5
     return prep.unnormalize(prep.image(img)), mask
+
+
+def geometry(run_job) -> tuple[int, int, int]:  # noqa: ANN001
+    """(resize, crop, frame size or 0) of a job's stored maps (a frame this version does not know: native)."""
+    try:
+        frame = EvalFrame.parse(frame_identity(run_job.frame)[0])
+    except ValueError:
+        frame = EvalFrame.parse("native")
+    cfg = run_job.config
+    return int(cfg.get("resize", 256)), int(cfg.get("crop", 224)), frame.size if frame.is_full else 0
 
 
 def render_overlay(run_job, category: str, path: str, opacity: float, anchor: str, show_gt: bool,  # noqa: ANN001
@@ -82,7 +98,7 @@ def render_overlay(run_job, category: str, path: str, opacity: float, anchor: st
     cfg = run_job.config
     masks = ui.mask_paths(run_job.dataset.kind, run_job.dataset.root, category)
     try:
-        image, mask = display_image(path, int(cfg.get("resize", 256)), int(cfg.get("crop", 224)), masks.get(path))
+        image, mask = display_image(path, *geometry(run_job)[:2], masks.get(path), geometry(run_job)[2])
     except Exception:  # the dataset moved or the file is unreadable: show the map alone
         image, mask = np.zeros((*maps.shape[1:], 3), dtype=np.uint8), None
     amap = maps[row.map_index].astype(np.float32)
@@ -131,8 +147,9 @@ with tab_metrics:
         if len(table) > 1:
             table.loc["mean"] = table.mean()
         st.dataframe(table.style.format("{:.4f}", na_rep="–"))
-        st.caption(f"Metric version {frame['metric_version'].iloc[0]}. Pixel metrics are empty for categories "
-                   "without ground-truth masks.")
+        st.caption(f"Metric version {frame['metric_version'].iloc[0]}; evaluation frame {frame_key} "
+                   f"({frame_protocol}). Pixel metrics are empty for categories without ground-truth masks.")
+        annotate.ground_truth_changes(job_id)
     runs = queries.category_runs(job_id)
     timings = pd.DataFrame([{
         "category": r.category, "fit s": r.fit_s, "predict s": r.predict_s, "images/s": r.images_per_s,
@@ -181,12 +198,10 @@ with tab_images:
         if rendered is None:
             st.warning("The anomaly map of this image is not in the artifact store (deleted or on another host).")
         else:
-            cfg = job.config
             masks = ui.mask_paths(job.dataset.kind, job.dataset.root, category)
             left, middle, right = st.columns([2, 2, 1])
             try:
-                image, mask = display_image(path, int(cfg.get("resize", 256)), int(cfg.get("crop", 224)),
-                                            masks.get(path))
+                image, mask = display_image(path, *geometry(job)[:2], masks.get(path), geometry(job)[2])
                 if show_gt and mask is not None:
                     image = heatmap.draw(image, heatmap.outline(mask), GT_COLOR)
                 left.image(image, caption=f"{names[path]} (ground truth in green)", width="stretch")
@@ -245,6 +260,7 @@ with tab_prov:
             "git commit": record.git_commit, "device": record.device, "host": record.host or "",
             "worker": job.worker_host or "", "group": job.group_id or "", "launched by": job.launched_by,
             "config hash": lb.config_hash(config), "split": split_label, "split protocol": split_protocol,
+            "evaluation frame": f"{frame_key} ({frame_protocol})",
             "torch threads": record.threads if record.threads is not None else "",
         }}).astype(str))
         runs = queries.category_runs(job.id)

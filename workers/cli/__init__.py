@@ -3,7 +3,8 @@
 - `core`: run, demo, methods (ad_core only: no database, no broker);
 - `jobs`: submit, jobs, cancel, worker, migrate, up (the job system);
 - `export`: export (leaderboard tables from the results database, reproducibility bundles);
-- `evidence`: reproduce (re-run a bundle), rescore (metrics of stored runs under a new metric version).
+- `evidence`: reproduce (re-run a bundle), rescore (metrics of stored runs under a new metric version);
+- `annotations`: annotation sets (list, make, export/import in MVTec layout, re-score runs against one).
 
 Every module imports its heavy dependencies (torch, the methods, the database, Celery) inside the
 commands, so that `iad --help` and `iad jobs` start without torch.
@@ -15,7 +16,8 @@ import argparse
 import os
 import sys
 
-from ad_core.errors import ConfigError, DatasetError, WeightsError
+from ad_core.errors import AnnotationError, ConfigError, DatasetError, WeightsError
+from workers.cli.annotations import add_annotation_commands
 from workers.cli.core import add_core_commands
 from workers.cli.evidence import add_evidence_commands
 from workers.cli.export import add_export_command
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub)
     add_export_command(sub)
     add_evidence_commands(sub)
+    add_annotation_commands(sub)
     return parser
 
 
@@ -46,7 +49,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away shows up here, not in Python's exit-time flush
         return code
-    except (ConfigError, DatasetError, WeightsError) as exc:
+    except (ConfigError, DatasetError, WeightsError, AnnotationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from ad_core.catalog import DATASET_KINDS
+from ad_core.catalog import DATASET_KINDS, DEFAULT_FRAME
 from ad_core.config_text import parse_overrides
 from ad_core.errors import DatasetError
 from ad_core.home import demo_root
@@ -48,6 +48,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> N
     parser.add_argument("--split", default="standard",
                         help="split recipe: standard (the dataset as downloaded) | few_shot[:k=10,setting=general|hard,"
                              "defect_type=T,seed=N] (DRA protocol; seed defaults to the run's)")
+    parser.add_argument("--frame", default=DEFAULT_FRAME,
+                        help=f"evaluation frame of the pixel metrics: full (= {DEFAULT_FRAME}, the full image at 256 x "
+                             "256 px for every method; a cropping method's cut-away border gets the image's lowest "
+                             "score) | full:N | native (each method's own resize + crop, as in the papers)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help="config override")
 
 
@@ -95,7 +99,8 @@ def execute(spec: RunSpec, json_path: str | None) -> RunResult:
         bar.close()
     if result.provenance["random_weights"]:
         print("WARNING: backbone weights are RANDOM (not pretrained); these numbers are for testing only.")
-    print(f"\n{spec.method} · {spec.dataset} · seed {spec.seed} · weights: {result.provenance['weights_source']}")
+    print(f"\n{spec.method} · {spec.dataset} · seed {spec.seed} · weights: {result.provenance['weights_source']}"
+          f" · frame: {spec.eval_frame.label}")
     print(metrics_table(result).to_string(float_format=lambda v: f"{v:.4f}", na_rep="null"))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(
         method=args.method, dataset=args.dataset, root=root, categories=categories, backbone=args.backbone,
         weights=args.weights, preset=args.preset, seed=args.seed, device=args.device,
-        overrides=parse_overrides(args.overrides), split=SplitSpec.parse(args.split).to_dict(),
+        overrides=parse_overrides(args.overrides), split=SplitSpec.parse(args.split).to_dict(), frame=args.frame,
     )
     execute(spec, args.json)
     return 0

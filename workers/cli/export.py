@@ -46,8 +46,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             board = results.leaderboard(args.dataset, args.metric, root=root, metric_version=args.metric_version,
                                         methods=args.methods, categories=args.categories,
-                                        include_random=not args.no_random, group_id=args.group, split=args.split)
-    except ValueError as exc:  # an unknown split, no training counts for tertiles
+                                        include_random=not args.no_random, group_id=args.group, split=args.split,
+                                        eval_frame=args.frame)
+    except ValueError as exc:  # an unknown split or frame, no training counts for tertiles
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if board.empty:
@@ -64,6 +65,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if board.other_splits:
         print(f"note: split {board.split_label}; results on other splits ({', '.join(board.other_splits)}) are "
               "in their own tables; use --split to pick one", file=sys.stderr)
+    if board.other_frames:
+        print(f"note: evaluation frame {board.eval_frame_label}; results in other frames "
+              f"({', '.join(board.other_frames)}) are in their own tables; use --frame to pick one", file=sys.stderr)
     if board.excluded:
         print(f"note: {board.excluded} job(s) ran on an older version of the data (different split content hash) "
               "and are left out", file=sys.stderr)
@@ -115,7 +119,8 @@ def _imbalance_board(args: argparse.Namespace, root: str):  # noqa: ANN202 (imba
     frame = results.results_frame(dataset=args.dataset, root=root, metrics=[args.metric], group_id=args.group)
     points = imbalance.select_points(frame, args.metric, split=args.split, metric_version=args.metric_version,
                                      methods=args.methods, categories=args.categories,
-                                     include_random=not args.no_random, dataset=args.dataset)
+                                     include_random=not args.no_random, dataset=args.dataset,
+                                     eval_frame=args.frame)
     return imbalance.group_table(points, args.grouping)
 
 
@@ -132,6 +137,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--group", help="only jobs of this group/sweep")
     p.add_argument("--split", help="split recipe label, e.g. 'few_shot(k=10, general)' (default: standard; "
                                          "imbalance view: the long-tailed recipe with the most results)")
+    p.add_argument("--frame", help="evaluation frame, e.g. full:256 or native (default: full:256 when it has "
+                                   "results, else the frame with the most results; results stored before frames "
+                                   "were recorded are native)")
     p.add_argument("--no-random", action="store_true", help="leave out runs with random backbone weights")
     p.add_argument("--categories-as-rows", action="store_true", help="categories in rows, methods in columns")
     p.add_argument("--efficiency", action="store_true", help="add images/s and training-time columns (latex, md)")

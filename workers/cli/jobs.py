@@ -44,7 +44,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     plan = plan_jobs(
         methods, args.dataset, root, categories, seeds, split=SplitSpec.parse(args.split).to_dict(),
         preset=args.preset, device=args.device, backbone=args.backbone, weights=args.weights,
-        overrides=parse_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides), frame=args.frame,
     )
     plan.raise_errors(methods)  # ConfigError/DatasetError naming the problem (and the method)
 
@@ -60,7 +60,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1
     print(f"submitted {len(ids)} job(s) in group {group_id} "
           f"({len(methods)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
-          f"x {len(dict.fromkeys(seeds))} seed(s); split {SplitSpec.parse(args.split).label})")
+          f"x {len(dict.fromkeys(seeds))} seed(s); split {SplitSpec.parse(args.split).label}; "
+          f"frame {plan.requests[0].frame})")
     print(" ".join(str(i) for i in ids))
     return 0
 
@@ -84,7 +85,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         {
             "id": j.id, "method": j.method + (f"/{j.preset}" if j.preset else ""), "dataset": j.dataset.kind,
             "category": ",".join(j.categories), "seed": j.seed, "status": j.status,
-            "split": split_identity(j.split)[1], "progress": f"{100 * j.progress:.0f}%",
+            "split": split_identity(j.split)[1], "frame": j.frame, "progress": f"{100 * j.progress:.0f}%",
             "message": (j.message or "").replace("\n", " ")[:50], "worker": j.worker_host or "-",
             "elapsed": j.elapsed_text or "-",
         }

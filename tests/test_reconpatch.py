@@ -203,7 +203,8 @@ def test_target_network_gets_no_gradient_and_follows_ema():
         assert not torch.equal(value, before_online[key])
         # one step: θ̄ = γ θ̄_0 + (1 - γ) θ_1
         torch.testing.assert_close(member.f_target.state_dict()[key], 0.8 * before_target[key] + 0.2 * value)
-    assert len(model.history) == 1 and math.isfinite(model.history[0]["loss"])
+    assert [h["epoch"] for h in model.history] == [0, 1] and math.isfinite(model.history[1]["loss"])
+    assert all(math.isfinite(h["probe_loss"]) for h in model.history)
 
 
 # --- ensemble normalisation ------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_fit_predict_roundtrip(tmp_path):
     train = _images(6, 0)
     model.fit([{"image": train[:3]}, {"image": train[3:]}])
     assert model.members[0].memory_bank.shape == (96, 512)  # 25% of 6 x 8 x 8 patches, 512-d f-space
-    assert len(model.history) == 2
+    assert [h["epoch"] for h in model.history] == [0, 1, 2]  # epoch 0: the probe before training
     test = _with_square(_images(2, 1))
     pred = model.predict(test)
     assert pred.image_scores.shape == (2,) and pred.anomaly_maps.shape == (2, 64, 64)
@@ -261,6 +262,26 @@ def test_fit_predict_roundtrip(tmp_path):
     again_pred = again.predict(test)
     np.testing.assert_array_equal(again_pred.image_scores, pred.image_scores)
     np.testing.assert_array_equal(again_pred.anomaly_maps, pred.anomaly_maps)
+
+
+def test_zero_epochs_keeps_f_at_its_orthogonal_initialisation():
+    """The untrained-f ablation (`epochs=0`): no training step, f is the orthogonal random projection it
+    started as, and the memory bank holds f(p) of PatchCore's patch features; training changes f."""
+    torch.manual_seed(0)
+    untrained = ReConPatch(ReConPatchConfig.build("fast", **{**TINY, "epochs": 0}))
+    start = untrained.members[0].f.weight.detach().clone()
+    train = _images(6, 0)
+    untrained.fit([{"image": train[:3]}, {"image": train[3:]}])
+    f = untrained.members[0].f.weight.detach()
+    torch.testing.assert_close(f, start, rtol=0, atol=0)
+    torch.testing.assert_close(f @ f.T, torch.eye(f.shape[0]), rtol=0, atol=1e-5)  # orthonormal rows
+    assert untrained.history == [] and untrained.describe()["history"] == []
+    torch.manual_seed(0)
+    trained = ReConPatch(ReConPatchConfig.build("fast", **TINY))
+    torch.testing.assert_close(trained.members[0].f.weight.detach(), start, rtol=0, atol=0)  # same init
+    trained.fit([{"image": train[:3]}, {"image": train[3:]}])
+    assert (trained.members[0].f.weight.detach() - start).abs().max() > 1e-4
+    assert [h["epoch"] for h in trained.describe()["history"]] == [0, 1, 2]
 
 
 def test_ensemble_averages_mad_normalised_members():
@@ -322,7 +343,7 @@ def test_config_presets_and_validation():
         ({"alpha": 1.5}, "alpha"),
         ({"margin": 0}, "margin"),
         ({"knn_k": 0}, "knn_k"),
-        ({"epochs": 0}, "epochs"),
+        ({"epochs": -1}, "epochs"),
         ({"proj_dim": 0}, "proj_dim"),
         ({"lr": 0}, "lr"),
         ({"patches_per_epoch": -1}, "patches_per_epoch"),

@@ -288,6 +288,36 @@ def gt_version_key(entries: Mapping[str, GroundTruth]) -> str:
     return GT_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def ground_truth_doc(version: str, label: str, entries: Mapping[str, GroundTruth]) -> dict[str, Any]:
+    """A ground-truth version as plain JSON data, for a run (`ad_core.runner.RunSpec.ground_truth`): its key,
+    a label for people, and per relative path the label, defect type, mask file and mask digest."""
+    return {"version": version, "label": label, "entries": {
+        path: {"label": gt.label, "defect_type": gt.defect_type, "mask_file": gt.mask_file,
+               "mask_sha256": gt.mask_sha256} for path, gt in sorted(entries.items())}}
+
+
+def ground_truth_entries(doc: Mapping[str, Any]) -> dict[str, GroundTruth]:
+    """Inverse of `ground_truth_doc`. Raises AnnotationError when the entries do not hash to the version they
+    claim (the set changed after the job was planned, or the document was edited by hand), or when a mask
+    file is missing."""
+    try:
+        entries = {str(p): GroundTruth(int(e["label"]), str(e["defect_type"]), e.get("mask_sha256"), e.get("mask_file"))
+                   for p, e in dict(doc["entries"]).items()}
+        version = str(doc["version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnnotationError(f"malformed ground-truth document ({exc}); expected version, label and entries") from exc
+    actual = gt_version_key(entries)
+    if actual != version:
+        raise AnnotationError(f"the ground truth {doc.get('label') or version} should hash to {version} but its "
+                              f"entries hash to {actual}: the annotation set changed since the run was planned; "
+                              "submit the run again")
+    missing = [gt.mask_file for gt in entries.values() if gt.has_pixels and not (gt.mask_file and Path(gt.mask_file).is_file())]
+    if missing:
+        raise AnnotationError(f"mask file {missing[0]} of ground truth {doc.get('label') or version} is missing "
+                              f"({len(missing)} in all); is IAD_ARTIFACTS the artifact store the annotations were saved to?")
+    return entries
+
+
 def dataset_ground_truth(sample: Sample) -> GroundTruth:
     """The ground truth the dataset's own files give one sample (its mask read from disk)."""
     mask = None
@@ -317,7 +347,7 @@ def apply_overrides(split: CategorySplit, overrides: Mapping[str, GroundTruth]) 
             continue
         if gt.has_pixels and gt.mask_file is None:
             raise AnnotationError(f"the annotation of {sample.path} has a mask but no mask file")
-        test.append(replace(sample, label=gt.label, defect_type=gt.defect_type, mask_path=gt.mask_file))
+        test.append(replace(sample, label=gt.label, defect_type=gt.defect_type, mask_path=gt.mask_file, annotated=True))
     has_masks = split.has_masks or all(s.mask_path is not None for s in test if s.label == 1)
     return replace(split, test=test, has_masks=has_masks)
 
@@ -510,7 +540,8 @@ __all__ = [
     "DEFAULT_GT_LABEL", "DEFAULT_GT_VERSION", "ERASE_RGB", "EXPORT_FORMAT", "GT_PREFIX", "MANIFEST", "MIN_STROKE_ALPHA",
     "PAINT_RGB", "SOURCES", "AnnotationError", "ExportEntry", "GroundTruth", "ImportedEntry", "ImportedSet",
     "apply_overrides", "check_label", "check_mask_size", "compose_mask", "dataset_ground_truth", "disagreement",
-    "export_mvtec", "f1_optimal_threshold", "gt_version_key", "image_size", "iter_test_samples", "map_on_image",
+    "export_mvtec", "f1_optimal_threshold", "ground_truth_doc", "ground_truth_entries",
+    "gt_version_key", "image_size", "iter_test_samples", "map_on_image",
     "mask_digest", "mask_to_png", "prefill_mask", "read_mask_file", "read_mvtec_export", "relative_image_path",
     "split_relative",
 ]

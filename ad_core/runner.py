@@ -38,9 +38,11 @@ import numpy as np
 import torch
 
 from ad_core import metrics
+from ad_core.annotations import DEFAULT_GT_LABEL, DEFAULT_GT_VERSION, ground_truth_entries
 from ad_core.backbones import RANDOM_WEIGHTS_LABEL, check_backbone_name
 from ad_core.catalog import DATASET_KINDS
 from ad_core.data import CategorySplit, DatasetError, ImageDataset, Sample
+from ad_core.errors import AnnotationError
 from ad_core.frame import DEFAULT_FRAME, EvalFrame, maps_to_frame
 from ad_core.methods.base import AnomalyModel, ConfigError, MethodConfig, ProgressFn, get_method, no_progress
 from ad_core.splits import SplitSpec
@@ -62,7 +64,10 @@ class RunSpec:
     is rebuilt as it is (`MethodConfig.from_dict`); otherwise the config is built from `preset`,
     `backbone`, `weights` and `overrides`. `split` is a split recipe (`SplitSpec.to_dict()`; default: the
     dataset as downloaded). `frame` is the evaluation frame (`ad_core.frame`: 'full:256' by default, 'full:N'
-    or 'native').
+    or 'native'). `ground_truth` is an annotation set's ground truth as plain data
+    (`ad_core.annotations.ground_truth_doc`): the test images it names are labelled and masked as the set
+    says before the split recipe draws (a few-shot split with `source=annotated` draws its labelled anomalies
+    from them), and every metric is computed against it and stored under its version.
     """
 
     method: str
@@ -79,6 +84,8 @@ class RunSpec:
     split: dict[str, Any] = field(default_factory=lambda: SplitSpec().to_dict())
     config: dict[str, Any] | None = None
     frame: str = DEFAULT_FRAME
+    # An annotation set's ground truth (`ad_core.annotations.ground_truth_doc`); None = the dataset's files.
+    ground_truth: dict[str, Any] | None = None
 
     @property
     def method_class(self) -> type[AnomalyModel]:
@@ -91,6 +98,20 @@ class RunSpec:
     @property
     def eval_frame(self) -> EvalFrame:
         return EvalFrame.parse(self.frame)
+
+    @property
+    def gt_version(self) -> str:
+        """The ground truth the metrics are computed against: 'dataset' or an annotation set's key."""
+        return DEFAULT_GT_VERSION if self.ground_truth is None else str(self.ground_truth.get("version"))
+
+    def ground_truth_entries(self) -> dict[str, Any] | None:
+        """The annotation set's entries (relative path -> GroundTruth), checked against their version."""
+        if self.ground_truth is None:
+            return None
+        try:
+            return ground_truth_entries(self.ground_truth)
+        except AnnotationError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def build_config(self) -> MethodConfig:
         cls = self.method_class
@@ -128,7 +149,11 @@ class RunSpec:
             check_backbone_name(name)
         split_spec = self.split_spec
         check_pairing(cls, split_spec, self.categories)
-        splits = split_spec.apply(self.dataset, self.root, self.categories, run_seed=self.seed)
+        truth = self.ground_truth_entries()
+        if dict(split_spec.options).get("source") == "annotated" and not truth:
+            raise ConfigError("split few_shot with source=annotated draws its labelled anomalies from an annotation "
+                              "set: give one (iad submit --annotations SET, or the Launch page's ground truth)")
+        splits = split_spec.apply(self.dataset, self.root, self.categories, run_seed=self.seed, ground_truth=truth)
         cls.check_data(config, {c: s.counts() for c, s in splits.items()})
         return RunPlan(config=config, splits=splits, units=plan_fit_units(cls.learning_type, self.categories))
 
@@ -233,6 +258,7 @@ class RunResult:
             "counts": {c: r.counts for c, r in self.categories.items()},
             "splits": {c: {"recipe": r.split, "content_hash": r.split_hash} for c, r in self.categories.items()},
             "frame": self.spec.eval_frame.key,
+            "ground_truth": self.spec.gt_version,
             "fit_units": [dataclasses.asdict(u) for u in self.units],
             "notes": {c: r.notes for c, r in self.categories.items() if r.notes},
             "spec": self.spec.to_dict(),
@@ -292,6 +318,8 @@ def provenance(spec: RunSpec, weights_source: str) -> dict[str, Any]:
         "seed": spec.seed,
         "split": spec.split_spec.with_seed(spec.seed).to_dict(),
         "frame": spec.eval_frame.key,
+        "ground_truth": {"version": spec.gt_version,
+                         "label": (spec.ground_truth or {}).get("label") or DEFAULT_GT_LABEL},
         "weights_source": weights_source,
         # Any part with random weights (a backbone, or LTAD's foundation model) flags the whole result.
         "random_weights": RANDOM_WEIGHTS_LABEL in weights_source or "NOT pretrained" in weights_source,

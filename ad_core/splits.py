@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ad_core.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
+    from ad_core.annotations import GroundTruth
     from ad_core.data.base import CategorySplit
 
 
@@ -111,8 +112,14 @@ class SplitSpec:
         return self if self.seed is not None else replace(self, seed=run_seed)
 
     # --- application ---------------------------------------------------------------------------------
-    def apply(self, dataset: str, root: str, categories: Sequence[str], run_seed: int = 0) -> dict[str, CategorySplit]:
-        """Concrete train/test lists per category. Raises DatasetError naming the path or the shortfall."""
+    def apply(self, dataset: str, root: str, categories: Sequence[str], run_seed: int = 0,
+              ground_truth: Mapping[str, GroundTruth] | None = None) -> dict[str, CategorySplit]:
+        """Concrete train/test lists per category. Raises DatasetError naming the path or the shortfall.
+
+        `ground_truth`: an annotation set's entries (relative path -> `ad_core.annotations.GroundTruth`); the
+        test images they name take the set's label, defect type and mask before the recipe draws, so a
+        few-shot draw sees the annotated ground truth (and `source=annotated` draws only annotated images)."""
+        from ad_core.annotations import apply_overrides
         from ad_core.data import load_split
 
         if not categories:
@@ -124,6 +131,8 @@ class SplitSpec:
             raise ConfigError(f"categories {outside} are not among the classes of split {self.label!r}: "
                               f"{', '.join(universe)}")
         loaded = {category: load_split(dataset, root, category) for category in universe}
+        if ground_truth:
+            loaded = {category: apply_overrides(split, ground_truth) for category, split in loaded.items()}
         resolved = self.with_seed(run_seed)
         splits = kind.apply(resolved, loaded)
         for split in splits.values():
@@ -216,11 +225,19 @@ class StandardSplit(SplitKind):
 @dataclass
 class FewShotSplit(SplitKind):
     name: ClassVar[str] = "few_shot"
-    defaults: ClassVar[dict[str, Any]] = {"k": 10, "setting": "general", "defect_type": None}
+    defaults: ClassVar[dict[str, Any]] = {"k": 10, "setting": "general", "defect_type": None, "source": "all"}
     settings: ClassVar[tuple[str, ...]] = ("general", "hard")
+    # Where the labelled anomalies come from: any anomalous test image, or only images whose ground truth an
+    # annotation set gives (the run's ground truth, `RunSpec.ground_truth`), e.g. defects a team labelled itself.
+    sources: ClassVar[tuple[str, ...]] = ("all", "annotated")
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         options = super().check(options)
+        if options.get("source", "all") not in self.sources:
+            raise ConfigError(f"few_shot source must be 'all' or 'annotated', got {options['source']!r}")
+        if options.get("source", "all") == "all":
+            # The default is left out of the recipe, so recipes from before the option existed keep their key.
+            options = {k: v for k, v in options.items() if k != "source"}
         k = options["k"]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"few_shot k must be an integer >= 1, got {k!r}")
@@ -233,6 +250,7 @@ class FewShotSplit(SplitKind):
     def label(self, spec: SplitSpec) -> str:
         o = dict(spec.options)
         extra = f", {o['defect_type']}" if o["defect_type"] else ""
+        extra += ", annotated" if o.get("source") == "annotated" else ""
         return f"few_shot(k={o['k']}, {o['setting']}{extra})"
 
     def describe(self, spec: SplitSpec) -> str:
@@ -242,6 +260,8 @@ class FewShotSplit(SplitKind):
             source = f"one defect type ({o['defect_type'] or 'drawn with the seed'}), removed whole from the test set"
         else:
             source = "all defect types"
+        if o.get("source") == "annotated":
+            source += ", among the images the run's annotation set labels"
         return (f"few-shot supervised (DRA protocol, {o['setting']}): k={o['k']} labelled anomalies per class "
                 f"from {source}, drawn with {seed} and removed from the test set")
 
@@ -250,10 +270,19 @@ class FewShotSplit(SplitKind):
 
         o = dict(spec.options)
         k, hard = o["k"], o["setting"] == "hard"
+        annotated_only = o.get("source") == "annotated"
         out = {}
         for category, split in loaded.items():
             rng = np.random.default_rng(class_seed(spec.seed or 0, category))
             anomalous = sorted((s for s in split.test if s.label == 1), key=lambda s: s.path)
+            if annotated_only:
+                # Only anomalies a person labelled in the annotation set, with their defect pixels.
+                anomalous = [s for s in anomalous if s.annotated and s.mask_path is not None]
+                if len(anomalous) < k:
+                    raise DatasetError(
+                        f"few_shot k={k}, source=annotated: {split.dataset}/{category} has {len(anomalous)} annotated "
+                        f"anomalous test image(s) with a mask in the run's annotation set (under {split.root}/"
+                        f"{category}/test); annotate more defects, lower k, or use source=all")
             types = sorted({s.defect_type for s in anomalous})
             where = f"{split.dataset}/{category}"
             if hard:

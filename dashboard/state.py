@@ -229,6 +229,13 @@ def database_is_empty() -> bool:
 # --- annotation (the Annotate pages; storage and rules in db.annotations / ad_core.annotations) -----------------
 
 
+def annotation_sets(kind: str, root: str) -> list[Any]:
+    """The annotation sets of one dataset (`db.annotations.SetInfo`), oldest first; none for an unknown root."""
+    from db import annotations as dba
+
+    return dba.list_sets(kind, root)
+
+
 def add_annotation_dataset(kind: str, root: str) -> tuple[str, str]:
     """Register a dataset folder for annotation (no run needed). Raises DatasetError when it cannot be read."""
     from ad_core.data import list_categories

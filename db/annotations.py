@@ -39,6 +39,7 @@ from ad_core.annotations import (
     AnnotationError,
     GroundTruth,
     check_mask_size,
+    ground_truth_doc,
     image_size,
     mask_to_png,
     read_mvtec_export,
@@ -377,6 +378,15 @@ def set_truths(set_id: int, url: str | None = None) -> tuple[SetInfo, dict[str, 
     return info, changed_truths(info.kind, info.root, set_rows(set_id, url))
 
 
+def ground_truth_of(set_ref: int | str, kind: str, root: str, url: str | None = None) -> dict[str, Any]:
+    """The ground truth of an annotation set (id, name or gt_version) on dataset `kind` `root`, as the plain
+    data a run takes (`ad_core.annotations.ground_truth_doc`; mask files as absolute paths in the artifact
+    store). AnnotationError when there is no such set for that dataset."""
+    info = get_set(set_ref, kind, str(root), url)
+    info, truths = set_truths(info.id, url)
+    return ground_truth_doc(info.gt_version, info.name, truths)
+
+
 def gt_labels(url: str | None = None) -> dict[str, str]:
     """gt_version -> readable label (the dataset's own ground truth, and every annotation set's)."""
     labels = {DEFAULT_GT_VERSION: DEFAULT_GT_LABEL}
@@ -468,7 +478,7 @@ def import_set(kind: str, root: str, source: str | Path | IO[bytes], name: str |
 
 __all__ = [
     "ImportResult", "SavedAnnotation", "SetInfo", "DatasetImage", "annotation_truth", "changed_truths", "create_set",
-    "current_annotations", "current_user", "dataset_id", "export_set", "get_set", "gt_labels", "history",
+    "current_annotations", "current_user", "dataset_id", "export_set", "get_set", "ground_truth_of", "gt_labels", "history",
     "import_set", "known_datasets", "list_sets", "resolve_image", "revert", "save_annotation", "set_rows", "set_truths",
     "dataset_images",
 ]

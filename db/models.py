@@ -117,6 +117,9 @@ class Job(Base):
     # The evaluation frame (`ad_core.frame`: 'full:256', 'full:N' or 'native'). Rows from before frames were
     # recorded were evaluated in each method's own geometry: the migration gives them 'native'.
     frame: Mapped[str] = mapped_column(String(32), default=DEFAULT_FRAME, server_default=LEGACY_FRAME)
+    # The ground truth the job trains (few-shot draws) and is scored against: 'dataset' or an annotation set's
+    # gt_version, resolved by the worker to the set's entries (migration 0006).
+    gt_version: Mapped[str] = mapped_column(String(64), default=DEFAULT_GT_VERSION, server_default=DEFAULT_GT_VERSION)
     seed: Mapped[int] = mapped_column(default=0)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     queue: Mapped[str] = mapped_column(String(128))

@@ -169,6 +169,7 @@ class JobRequest:
     queue: str = "cpu"
     split: dict[str, Any] = field(default_factory=lambda: {"kind": "standard", "seed": None})
     frame: str = DEFAULT_FRAME  # the evaluation frame's key (`ad_core.frame`)
+    gt_version: str = DEFAULT_GT_VERSION  # the ground truth: the dataset's files or an annotation set's version
 
 
 def create_jobs(
@@ -188,7 +189,7 @@ def create_jobs(
             dataset_id = ensure_dataset(s, req.dataset, req.root)
             job = Job(
                 method=req.method, dataset_id=dataset_id, categories=list(req.categories), preset=req.preset,
-                config=dict(req.config), split=dict(req.split), frame=req.frame, seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
+                config=dict(req.config), split=dict(req.split), frame=req.frame, gt_version=req.gt_version, seed=req.seed, device=req.device, queue=req.queue, group_id=group_id,
                 launched_by=launched_by, status="queued", progress=0.0, message="queued", attempts=0,
                 max_attempts=max_attempts, cancel_requested=False, created_at=utcnow(),
             )
@@ -418,6 +419,7 @@ def complete_job(
                 raise NotMine
             dataset_id = s.execute(select(Job.dataset_id).where(Job.id == job_id)).scalar_one()
             version = str(record["metric_version"])
+            gt_version = str((record.get("ground_truth") or {}).get("version") or DEFAULT_GT_VERSION)
             for out in outcomes:
                 split_id = ensure_split(s, dataset_id, out.category, out.split) if out.split else None
                 t = out.timings
@@ -429,7 +431,7 @@ def complete_job(
                 ))
                 s.add_all(
                     MetricValue(job_id=job_id, category=out.category, name=name,
-                                value=_finite(value), metric_version=version)
+                                value=_finite(value), metric_version=version, gt_version=gt_version)
                     for name, value in out.metrics.items()
                 )
                 s.add_all(

@@ -158,3 +158,95 @@ def test_annotations_cli_make_export_import(env: str, demo_root: Path, tmp_path:
     # Bad input: one clear line, exit 2.
     assert iad(["annotations", "export", "--set", "nope", "--out", str(tmp_path / "x.zip")]) == 2
     assert "no annotation set 'nope'" in capsys.readouterr().err
+
+
+def test_few_shot_split_takes_its_anomalies_from_an_annotation_set(tmp_path: Path, demo_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A team labels three defects in good-looking test images; `iad submit --split few_shot:k=2,source=annotated
+    --annotations SET` -> a real worker: the two training anomalies are drawn from those three only (with
+    their drawn masks), they leave the test set, the third stays there as a defect, and the metrics are the
+    ones computed from the stored maps against the set's ground truth, stored under its version only."""
+    import jobs_helpers as h
+
+    from ad_core.data import read_mask
+    from ad_core.frame import mask_to_frame
+    from ad_core.metrics import compute_all
+    from ad_core.splits import SplitSpec
+    from db import annotations as dba
+    from db import results
+
+    stack = h.make_stack("gt-few-shot", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}")
+    stack.apply_env(monkeypatch)
+    monkeypatch.setenv("IAD_USER", "dana")
+    url, root = stack.db_url, str(demo_root)
+    from ad_core.data import load_split
+
+    split = load_split("demo", root, "brick")
+    goods = sorted((s for s in split.test if s.label == 0), key=lambda s: s.path)[:3]
+    rel = {s.path: Path(s.path).relative_to(demo_root).as_posix() for s in goods}
+    drawn = {}
+    for i, sample in enumerate(goods):
+        w, h_ = Image.open(sample.path).size
+        mask = np.zeros((h_, w), bool)
+        mask[10 + 5 * i: 40 + 5 * i, 20: 60] = True
+        drawn[sample.path] = mask
+        dba.save_annotation("demo", root, rel[sample.path], 1, "smudge", mask, url=url)
+    info = dba.create_set("demo", root, "team-defects", url=url)
+    assert info.n_changed == 3
+
+    try:
+        stack.wait_ready(stack.start_worker())
+        tiny = ["--dataset", "demo", "--root", root, "--category", "brick", "--backbone", "tf_efficientnet_lite0",
+                "--weights", "random", "--set", "crop=64", "--set", "resize=64", "--set", "coreset_ratio=0.1"]
+        # Without a set, an annotated-only draw is refused at submit time with one line.
+        from workers.cli import main as iad
+
+        capsys.readouterr()
+        assert iad(["submit", "--method", "patchcore", *tiny, "--split", "few_shot:k=2,source=annotated"]) == 2
+        assert "draws its labelled anomalies from an annotation set" in capsys.readouterr().err
+        # More anomalies than the set labels: refused, naming the shortfall.
+        assert iad(["submit", "--method", "patchcore", *tiny, "--split", "few_shot:k=4,source=annotated",
+                    "--annotations", "team-defects"]) == 2
+        assert "has 3 annotated anomalous test image(s)" in capsys.readouterr().err
+
+        [job_id] = h.submit(stack, monkeypatch, capsys, "--method", "patchcore", *tiny, "--split",
+                            "few_shot:k=2,source=annotated", "--annotations", "team-defects")
+        final = h.wait_final(stack, [job_id], 120)[job_id]
+        assert final.status == "succeeded", final.error
+    finally:
+        stack.close()
+
+    job = queries.get_job(job_id, url=url)
+    assert job.gt_version == info.gt_version
+    assert SplitSpec.from_dict(job.split).label == "few_shot(k=2, general, annotated)"
+    [run] = queries.category_runs(job_id, url=url)
+    [stored_split] = [s for s in queries.list_splits(job.dataset_id, url=url) if s.id == run.split_id]
+    trained = set(stored_split.train_anomalies)
+    assert len(trained) == 2 and trained <= set(rel.values())
+    rows = sorted(queries.image_results(job_id, "brick", url=url), key=lambda r: r.map_index)
+    tested = {r.path for r in rows}
+    assert not tested & {p for p, r in rel.items() if r in trained}  # never evaluated on a trained image
+    [kept] = [p for p, r in rel.items() if r not in trained]
+    assert kept in tested and next(r for r in rows if r.path == kept).label == 1  # the set's label, not "good"
+    assert len(rows) == len(split.test) - 2
+
+    # The metrics: recomputed from the stored maps and the set's ground truth (the drawn mask for the kept image).
+    maps = artifacts.load_maps(run.maps_path, [r.map_index for r in rows])
+    by_path = {s.path: s for s in split.test}
+    masks = []
+    for r in rows:
+        if r.path == kept:
+            masks.append(mask_to_frame(Image.fromarray(drawn[kept].astype(np.uint8) * 255), 256))
+        else:
+            s = by_path[r.path]
+            masks.append(np.zeros((256, 256), bool) if s.mask_path is None
+                         else mask_to_frame(read_mask(s.mask_path, Image.open(s.path).size), 256))
+    expected = compute_all(np.array([r.label for r in rows]), np.array([r.score for r in rows]), np.stack(masks), maps)
+    stored = queries.metrics_frame(job_ids=[job_id], url=url, gt_version=None)
+    assert set(stored["gt_version"]) == {info.gt_version}  # nothing stored as if against the dataset's files
+    got = stored.set_index("metric")["value"].to_dict()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    board = results.leaderboard("demo", "image_auroc", root=root, url=url, gt_version=info.gt_version)
+    assert board.mean.iloc[0]["brick"] == pytest.approx(expected["image_auroc"], abs=1e-12)
+    assert "few_shot(k=2, general, annotated)" in board.split_label and "team-defects" in board.caption()

@@ -111,3 +111,53 @@ def test_learning_types_plan_units_and_reject_pairings_that_make_no_sense(root: 
     assert plan.splits["brick"].counts()["train_anomalous"] == 2 and len(plan.units) == 2
     with pytest.raises(ConfigError, match="categories repeat"):
         RunSpec(method="patchcore", dataset="demo", root=str(root), categories=["brick", "brick"]).prepare()
+
+
+def test_few_shot_source_annotated_draws_only_from_an_annotation_sets_images(root: Path, tmp_path: Path) -> None:
+    """`source=annotated`: the k labelled anomalies come only from images an annotation set labels (with the
+    set's masks); the default `source=all` leaves recipes (and their keys) as they were; the ground truth's
+    entries must hash to the version the run claims."""
+    import numpy as np
+    from PIL import Image
+
+    from ad_core.annotations import GroundTruth, ground_truth_doc, gt_version_key
+
+    assert SplitSpec.parse("few_shot:k=10,source=all") == SplitSpec.parse("few_shot:k=10")  # key unchanged
+    assert "source" not in SplitSpec.parse("few_shot:k=10").key
+    annotated = SplitSpec.parse("few_shot:k=2,source=annotated")
+    assert annotated.label == "few_shot(k=2, general, annotated)" and annotated.key != SplitSpec.parse("few_shot:k=2").key
+    with pytest.raises(ConfigError, match="source must be 'all' or 'annotated'"):
+        SplitSpec.parse("few_shot:source=mine")
+
+    standard = SplitSpec().apply("demo", str(root), ["brick"])["brick"]
+    goods = sorted((s for s in standard.test if s.label == 0), key=lambda s: s.path)  # 2 good test images
+    entries = {}
+    for i, sample in enumerate(goods):
+        mask = np.zeros((64, 64), bool)
+        mask[5 + i: 20 + i, 5:30] = True
+        path = tmp_path / f"mask{i}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+        entries[Path(sample.path).relative_to(root).as_posix()] = GroundTruth.of(1, "smudge", mask, str(path))
+    doc = ground_truth_doc(gt_version_key(entries), "two smudges", entries)
+    spec = RunSpec(method="patchcore", dataset="demo", root=str(root), categories=["brick"],
+                   split=SplitSpec.parse("few_shot:k=1,source=annotated").to_dict(), ground_truth=doc, seed=0,
+                   backbone="tf_efficientnet_lite0", weights="random")
+    after = spec.prepare().splits["brick"]
+    [moved] = [s for s in after.train if s.label == 1]
+    assert moved.path in {s.path for s in goods} and moved.annotated and moved.mask_path.startswith(str(tmp_path))
+    [other] = [s for s in after.test if s.path in {g.path for g in goods}]
+    assert (other.label, other.defect_type, other.annotated) == (1, "smudge", True)  # relabelled, still tested
+    assert len(after.test) == len(standard.test) - 1
+    # Seeds draw among the annotated images only.
+    drawn = {RunSpec(**{**spec.to_dict(), "seed": s}).prepare().splits["brick"].train[-1].path for s in range(6)}
+    assert drawn == {s.path for s in goods}
+
+    # Refusals: no set, too few annotated anomalies, entries that do not hash to the claimed version.
+    with pytest.raises(ConfigError, match="draws its labelled anomalies from an annotation set"):
+        RunSpec(**{**spec.to_dict(), "ground_truth": None}).prepare()
+    with pytest.raises(DatasetError, match="has 2 annotated anomalous test image"):
+        RunSpec(**{**spec.to_dict(), "split": SplitSpec.parse("few_shot:k=3,source=annotated").to_dict()}).prepare()
+    tampered = {**doc, "entries": {**doc["entries"]}}
+    tampered["entries"].pop(next(iter(tampered["entries"])))
+    with pytest.raises(ConfigError, match="annotation set changed since the run was planned"):
+        RunSpec(**{**spec.to_dict(), "ground_truth": tampered}).prepare()

@@ -98,6 +98,8 @@ def format_error(exc: BaseException) -> str:
 
 def execute_job(job_id: int, worker: str | None = None, url: str | None = None) -> str:
     """Claim and run job `job_id`. Returns what happened: succeeded, failed, cancelled, lost or skipped (...)."""
+    from ad_core.annotations import DEFAULT_GT_VERSION
+    from ad_core.errors import AnnotationError, ConfigError
     from ad_core.frame import LEGACY_FRAME
     from ad_core.runner import Cancelled, CategoryResult, RunSpec, run
 
@@ -136,10 +138,18 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
 
     try:
         # The stored config is complete: it is rebuilt as it is (paths and GPUs are validated again on this host).
+        ground_truth = None
+        if job.gt_version and job.gt_version != DEFAULT_GT_VERSION:
+            from db.annotations import ground_truth_of
+
+            try:  # the set's entries, checked against the version the job was planned with (RunSpec.prepare)
+                ground_truth = ground_truth_of(job.gt_version, job.dataset.kind, job.dataset.root, url=url)
+            except AnnotationError as exc:
+                raise ConfigError(f"ground truth {job.gt_version}: {exc}") from exc
         spec = RunSpec(
             method=job.method, dataset=job.dataset.kind, root=job.dataset.root, categories=list(job.categories),
             seed=job.seed, device=job.device, split=dict(job.split or {}), config=dict(job.config),
-            frame=job.frame or LEGACY_FRAME,
+            frame=job.frame or LEGACY_FRAME, ground_truth=ground_truth,
         )
         reporter.progress(0.0, "preparing the split", force=True)
         result = run(spec, reporter.progress, reporter.should_cancel, on_category=store_category, keep_maps=False)

@@ -89,11 +89,14 @@ def plan_jobs(
     weights: str | None = None,
     overrides: dict[str, Any] | None = None,
     frame: str | None = None,
+    annotations: int | str | None = None,
 ) -> MatrixPlan:
     """Plan (and validate) the jobs of a comparison. Never raises for bad input: see `MatrixPlan.errors`.
 
     `frame`: the evaluation frame (`ad_core.frame`; None = the default, the full image at 256 px), one for
-    the whole matrix so that its methods are scored on the same pixels."""
+    the whole matrix so that its methods are scored on the same pixels. `annotations`: an annotation set of
+    this dataset (id, name or gt_version) whose ground truth the jobs train on (few-shot draws) and are scored
+    against; None = the dataset's own files."""
     from ad_core.errors import ConfigError, DatasetError, WeightsError
     from ad_core.frame import EvalFrame
     from ad_core.splits import SplitSpec
@@ -120,17 +123,29 @@ def plan_jobs(
     if plan.errors:
         return plan
     # The expensive part (torch, the methods, the data on disk) only for a launch whose names are right.
+    from ad_core.annotations import DEFAULT_GT_VERSION
     from ad_core.runner import RunSpec
     from db.queries import JobRequest
     from workers.settings import queue_for_device
 
     root = str(Path(root).expanduser())
     seeds = list(dict.fromkeys(seeds))
+    ground_truth = None
+    if annotations is not None:
+        from ad_core.errors import AnnotationError
+        from db.annotations import ground_truth_of
+
+        try:
+            ground_truth = ground_truth_of(annotations, dataset, root)
+        except AnnotationError as exc:
+            plan.errors["annotations"] = str(exc)
+            return plan
+    gt_version = ground_truth["version"] if ground_truth else DEFAULT_GT_VERSION
     for method in dict.fromkeys(methods):
         spec = RunSpec(
             method=method, dataset=dataset, root=root, categories=list(categories), backbone=backbone or None,
             weights=weights or None, preset=preset or None, seed=seeds[0], device=device,
-            overrides=dict(overrides or {}), split=split_dict, frame=frame_key,
+            overrides=dict(overrides or {}), split=split_dict, frame=frame_key, ground_truth=ground_truth,
         )
         try:
             prepared = spec.prepare()
@@ -142,7 +157,8 @@ def plan_jobs(
         try:
             if split_dict.get("seed") is None and split_dict["kind"] != "standard":
                 for seed in seeds[1:]:  # each seed draws its own split: every draw must work
-                    SplitSpec.from_dict(split_dict).apply(dataset, root, list(categories), run_seed=seed)
+                    SplitSpec.from_dict(split_dict).apply(dataset, root, list(categories), run_seed=seed,
+                                                          ground_truth=spec.ground_truth_entries())
         except (ConfigError, DatasetError) as exc:
             plan.errors[method] = str(exc)
             continue
@@ -152,6 +168,6 @@ def plan_jobs(
                 plan.requests.append(JobRequest(
                     method=method, dataset=dataset, root=root, categories=list(unit.categories), config=config,
                     preset=preset or None, seed=seed, device=device, queue=queue_for_device(device), split=split_dict,
-                    frame=frame_key,
+                    frame=frame_key, gt_version=gt_version,
                 ))
     return plan

@@ -26,7 +26,8 @@ class Sample:
     """One image of a split. `label` is 0 for normal, 1 for anomalous; `defect_type` is "good" for normal.
 
     `category` is the class the image belongs to, so that a batch mixing classes (multi-class methods)
-    knows what it holds.
+    knows what it holds. `annotated`: its label, defect type and mask come from an annotation set
+    (`ad_core.annotations.apply_overrides`), not from the dataset's files.
     """
 
     path: str
@@ -34,6 +35,7 @@ class Sample:
     defect_type: str
     mask_path: str | None = None
     category: str = ""
+    annotated: bool = False
 
 
 @dataclass

@@ -66,10 +66,20 @@ split_kind = c1.selectbox("Split", ["standard", "few_shot", "long_tail"], key="l
                                "on the same reduced test set; one-class methods do not see the anomalies). "
                                "long_tail: long-tailed training sets over the chosen classes (test sets unchanged).")
 split: dict = {"kind": split_kind}
+# Annotation sets of this dataset: a run can train on and be scored against one instead of the dataset's files.
+sets = state.annotation_sets(kind, str(Path(root).expanduser())) if root and categories_available else []
 if split_kind == "few_shot":
     split["k"] = int(c2.number_input("k (anomalies per class)", min_value=1, value=10, key="launch_split_k"))
     split["setting"] = c3.radio("Setting", ["general", "hard"], horizontal=True, key="launch_split_setting",
                                 help="hard: the k anomalies come from one defect type, which leaves the test set")
+    if sets:
+        source = c3.radio("Labelled anomalies from", ["all", "annotated"], horizontal=True, key="launch_split_source",
+                          format_func={"all": "any anomalous test image",
+                                       "annotated": "images of the annotation set"}.get,
+                          help="annotated: draw the k anomalies only from images the chosen annotation set labels "
+                               "(with their masks), e.g. defects your team annotated")
+        if source == "annotated":
+            split["source"] = "annotated"
 elif split_kind == "long_tail":
     profile = c2.selectbox("Profile", ["exp100", "step100", "step_k4", "pareto", "imported list"],
                            key="launch_split_profile",
@@ -93,6 +103,17 @@ frame = st.radio(
          "image and the cut-away border gets that image's lowest score, so all methods are scored on the same "
          "pixels. native: each method's own resize + crop, as in the papers (not comparable across geometries). "
          "Results in different frames are never pooled.")
+
+annotation_set = None
+if sets:
+    choice = st.selectbox(
+        "Ground truth", [None, *sets], key=f"launch_gt_{kind}_{root}",
+        format_func=lambda s: "the dataset's own files" if s is None else f"{s.label} · {s.n_changed} image(s) changed",
+        help="The labels and masks the jobs train on (few-shot draws) and are scored against. Results against "
+             "different ground truths are never pooled on the leaderboard.")
+    annotation_set = None if choice is None else choice.id
+elif split.get("source") == "annotated":
+    st.caption("Labelled anomalies from an annotation set need one: create it on the Annotation sets page.")
 
 c1, c2, c3 = st.columns(3)
 seeds_text = c1.text_input("Seeds", value="0", key="launch_seeds", help="e.g. `0 1 2` or `0-4`")
@@ -134,7 +155,7 @@ if st.button(f"Launch {n_jobs} job(s)", type="primary", disabled=n_jobs == 0, ke
             plan = state.plan_jobs(methods, kind, root, categories, seeds, split=split, preset=preset, device=device,
                                      backbone=backbone.strip() or None,
                                      weights=None if weights == "(preset)" else weights, overrides=overrides,
-                                     frame=frame)
+                                     frame=frame, annotations=annotation_set)
     if plan.errors:
         for what, message in plan.errors.items():
             st.error(f"**{what}**: {message}")

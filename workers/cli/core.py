@@ -42,12 +42,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> N
     parser.add_argument("--preset", help="config preset, e.g. fast or paper (default: paper defaults)")
     if multi:
         parser.add_argument("--seeds", nargs="+", type=int, action="extend", help="seeds (repeatable; default: 0)")
+        parser.add_argument("--annotations", metavar="SET",
+                            help="an annotation set of this dataset (id, name or ground-truth version): the jobs train "
+                                 "on (few_shot draws) and are scored against its ground truth instead of the "
+                                 "dataset's files")
     else:
         parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--split", default="standard",
                         help="split recipe: standard (the dataset as downloaded) | few_shot[:k=10,setting=general|hard,"
-                             "defect_type=T,seed=N] (DRA protocol; seed defaults to the run's)")
+                             "defect_type=T,source=all|annotated,seed=N] (DRA protocol; seed defaults to the run's; "
+                             "source=annotated draws from an annotation set's images, see --annotations)")
     parser.add_argument("--frame", default=DEFAULT_FRAME,
                         help=f"evaluation frame of the pixel metrics: full (= {DEFAULT_FRAME}, the full image at 256 x "
                              "256 px for every method; a cropping method's cut-away border gets the image's lowest "

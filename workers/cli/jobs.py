@@ -44,7 +44,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     plan = plan_jobs(
         methods, args.dataset, root, categories, seeds, split=SplitSpec.parse(args.split).to_dict(),
         preset=args.preset, device=args.device, backbone=args.backbone, weights=args.weights,
-        overrides=parse_overrides(args.overrides), frame=args.frame,
+        overrides=parse_overrides(args.overrides), frame=args.frame, annotations=args.annotations,
     )
     plan.raise_errors(methods)  # ConfigError/DatasetError naming the problem (and the method)
 
@@ -61,7 +61,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {len(ids)} job(s) in group {group_id} "
           f"({len(methods)} method(s) x {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} "
           f"x {len(dict.fromkeys(seeds))} seed(s); split {SplitSpec.parse(args.split).label}; "
-          f"frame {plan.requests[0].frame})")
+          f"frame {plan.requests[0].frame}"
+          + (f"; ground truth {plan.requests[0].gt_version}" if args.annotations else "") + ")")
     print(" ".join(str(i) for i in ids))
     return 0
 

@@ -9,8 +9,10 @@ test set; PatchCore, a one-class method, simply does not see them). Every (metho
 child process so that "peak RSS" belongs to that run alone. Prints image AUROC, pixel AUROC, AUPRO, fit time
 (wall), the child's CPU time and peak RSS per run, then mean ± std (sample std, n - 1) over the seeds.
 
-Note: the metrics are computed at each method's own evaluation resolution (PRN fast: 128 x 128, whole image;
-PatchCore fast: Resize 256 + CenterCrop 224), against nearest-resized masks, as every leaderboard entry is.
+Note: the pixel metrics are computed in the runner's default evaluation frame (`ad_core.frame`, full:256: the
+full image at 256 x 256 px for both methods; PRN fast's 128 px map is upsampled into it, PatchCore's 224 px crop
+of a 256 px resize is pasted back with its cut-away border at the image's lowest score), against masks resized
+with nearest neighbour, as every leaderboard entry is.
 """
 
 from __future__ import annotations

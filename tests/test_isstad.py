@@ -550,3 +550,22 @@ def test_invalid_values_raise(overrides: dict) -> None:
 def test_unknown_preset_raises() -> None:
     with pytest.raises(ConfigError):
         ISSTADConfig.build("huge")
+
+
+# --- real data ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_isstad_short_fast_on_bottle(mvtec_bottle_root) -> None:
+    """ISSTAD `fast` with shortened stages (30 + 40 epochs instead of 50 + 70, about 2 minutes instead of 4) on
+    MVTec AD bottle, seed 0, random init (labelled). This run measured image AUROC 0.783, pixel AUROC 0.739 (the
+    full fast preset: 0.881 / 0.835, issue 6); the thresholds leave room for thread-count differences and sit
+    well above chance (an untrained or broken model scores about 0.5, std about 0.06 on 83 images)."""
+    from ad_core.runner import RunSpec, run
+
+    spec = RunSpec(method="isstad", dataset="mvtec", root=str(mvtec_bottle_root), categories=["bottle"],
+                   preset="fast", seed=0, overrides={"stage1_epochs": 30, "stage2_epochs": 40,
+                                                     "stage2_cosine_period": 40})
+    result = run(spec)
+    m = result.categories["bottle"].metrics
+    assert result.categories["bottle"].counts["test"] == 83
+    assert result.provenance["random_weights"]
+    assert m["image_auroc"] >= 0.72 and m["pixel_auroc"] >= 0.69, m

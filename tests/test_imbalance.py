@@ -225,6 +225,8 @@ def test_drop_table_against_the_standard_split(results: pd.DataFrame) -> None:
     assert len(table.loc["patchcore (fast)"]) == 12 and table.loc["patchcore (fast)", "full"].notna().all()
     # reconpatch's standard run has another config: not the same variant, so its drop is empty...
     assert table.loc[("reconpatch (fast)", "a", 200), ["full", "drop"]].isna().all()
+    # Numbers are floats (NaN where there is none), so the page shows blanks, never "None".
+    assert all(drop.table[c].dtype == float for c in ("long_tail_std", "full", "full_std", "drop", "relative_drop"))
     # ...and its 6 long-tailed jobs (and isstad's) are the missing standard runs, one row per job.
     missing = drop.missing
     assert set(missing["method"]) == {"reconpatch", "isstad"} and len(missing) == 12

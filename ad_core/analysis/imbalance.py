@@ -582,6 +582,9 @@ def drop_table(
             rows.append({"job_id": int(job_id), "variant": first["variant"], "method": first["method"],
                          "preset": first["preset"], "config_hash": first["config_hash"], "seed": int(first["seed"]),
                          "categories": sorted(g["category"]), "missing_categories": missing})
+    # Values as floats (NaN where there is none: one seed's std, a missing standard run), never None objects.
+    numeric = ["long_tail", "long_tail_std", "full", "full_std", "n_train_full", "drop", "relative_drop"]
+    table[numeric] = table[numeric].astype(float)
     return Drop(table, pd.DataFrame(rows, columns=list(Drop.MISSING_COLUMNS)), metric, lt.metric_version,
                 lt.split_label, **framing)
 

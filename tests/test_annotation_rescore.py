@@ -250,3 +250,12 @@ def test_few_shot_split_takes_its_anomalies_from_an_annotation_set(tmp_path: Pat
     board = results.leaderboard("demo", "image_auroc", root=root, url=url, gt_version=info.gt_version)
     assert board.mean.iloc[0]["brick"] == pytest.approx(expected["image_auroc"], abs=1e-12)
     assert "few_shot(k=2, general, annotated)" in board.split_label and "team-defects" in board.caption()
+    # Re-scoring under another metric version rebuilds the job's split with its own annotation set: the content
+    # hash matches, and the new rows (same definitions here) equal the stored ones, under the set's version.
+    from workers.rescore import rescore
+
+    [item] = rescore([job_id], version="iad-metrics-next", url=url)
+    assert (item.status, item.rows) == ("stored", len(expected)), item
+    again = queries.metrics_frame(job_ids=[job_id], url=url, gt_version=info.gt_version)
+    again = again[again["metric_version"] == "iad-metrics-next"].set_index("metric")["value"].to_dict()
+    assert again == pytest.approx(got, abs=1e-12)

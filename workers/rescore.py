@@ -15,8 +15,9 @@ inline (`--inline`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ad_core.catalog import METRIC_VERSION
 from db import artifacts, queries
@@ -32,23 +33,38 @@ class RescoreItem:
     rows: int = 0
 
 
-def rescore(
-    job_ids: Iterable[int] | None = None,
+@dataclass(frozen=True)
+class TargetTruth:
+    """What a re-score scores against: an annotation set's ground truth (`entries`, relative path ->
+    `ad_core.annotations.GroundTruth`) stored under `gt_version`, for the `categories` the set covers."""
+
+    gt_version: str
+    entries: Mapping[str, Any]
+    categories: tuple[str, ...]
+
+
+def rescore_jobs(
+    jobs: Sequence[Any],
     version: str = METRIC_VERSION,
+    target: TargetTruth | None = None,
     dry_run: bool = False,
     url: str | None = None,
     report: Callable[[RescoreItem], None] | None = None,
 ) -> list[RescoreItem]:
-    """Store metric rows of `version` for every category of every succeeded job (or of `job_ids`) that lacks
-    them. Returns one item per job x category. `dry_run`: only say which categories would be re-scored."""
-    from ad_core.errors import ConfigError, DatasetError
+    """The one re-scoring loop: store metric rows of `version` for every category of `jobs` that lacks them,
+    from the stored maps and scores. Against `target` when given (rows stored under its gt_version), else
+    against each job's own ground truth (the dataset's files, or the annotation set it ran with; rows stored
+    under the job's gt_version). The split is rebuilt with the job's own ground truth, so its content hash
+    must equal the stored one (the data did not change since the run)."""
+    from ad_core.annotations import DEFAULT_GT_VERSION, apply_overrides, ground_truth_entries
+    from ad_core.errors import AnnotationError, ConfigError, DatasetError
     from ad_core.frame import LEGACY_FRAME
     from ad_core.reproduce import rescore_category
     from ad_core.splits import SplitSpec
+    from db.annotations import ground_truth_of
 
-    ids = None if job_ids is None else list(job_ids)
-    have = queries.metric_versions_of(ids, url=url)
-    jobs = sorted(queries.list_jobs(status="succeeded", job_ids=ids, limit=None, url=url), key=lambda j: j.id)
+    ids = [j.id for j in jobs]
+    have_by_gt: dict[str, dict[tuple[int, str], set[str]]] = {}
     items: list[RescoreItem] = []
 
     def done(item: RescoreItem) -> None:
@@ -56,8 +72,13 @@ def rescore(
         if report is not None:
             report(item)
 
-    for job in jobs:
-        runs = queries.category_runs(job.id, url=url)
+    for job in sorted(jobs, key=lambda j: j.id):
+        own_gt = getattr(job, "gt_version", None) or DEFAULT_GT_VERSION
+        gt_version = target.gt_version if target is not None else own_gt
+        if gt_version not in have_by_gt:
+            have_by_gt[gt_version] = queries.metric_versions_of(ids, url=url, gt_version=gt_version)
+        have = have_by_gt[gt_version]
+        runs = [r for r in queries.category_runs(job.id, url=url) if target is None or r.category in target.categories]
         todo = [r for r in runs if version not in have.get((job.id, r.category), set())]
         for r in runs:
             if r not in todo:
@@ -69,9 +90,12 @@ def rescore(
                 done(RescoreItem(job.id, r.category, "to do"))
             continue
         try:
-            splits = SplitSpec.from_dict(job.split).apply(job.dataset.kind, job.dataset.root, list(job.categories),
-                                                          run_seed=job.seed)
-        except (ConfigError, DatasetError, OSError) as exc:
+            own = None
+            if own_gt != DEFAULT_GT_VERSION:  # the job ran against an annotation set: its split used that set
+                own = ground_truth_entries(ground_truth_of(own_gt, job.dataset.kind, job.dataset.root, url=url))
+            splits = SplitSpec.from_dict(job.split).apply(job.dataset.kind, job.dataset.root, [r.category for r in todo],
+                                                          run_seed=job.seed, ground_truth=own)
+        except (ConfigError, DatasetError, AnnotationError, OSError) as exc:
             for r in todo:
                 done(RescoreItem(job.id, r.category, f"skipped: the data cannot be read ({exc})"))
             continue
@@ -90,16 +114,36 @@ def rescore(
             if not r.maps_path or not (artifacts.artifacts_root() / r.maps_path).is_file():
                 done(RescoreItem(job.id, r.category, "skipped: its maps are not in the artifact store"))
                 continue
+            scored = apply_overrides(split, target.entries) if target is not None else split
             rows = sorted(queries.image_results(job.id, r.category, url=url), key=lambda row: row.map_index)
-            by_path = {s.path: s for s in split.test}
-            if any(row.path not in by_path for row in rows) or len(rows) != len(split.test):
+            by_path = {s.path: s for s in scored.test}
+            if any(row.path not in by_path for row in rows) or len(rows) != len(scored.test):
                 done(RescoreItem(job.id, r.category, "skipped: the stored images are not the split's test images"))
                 continue
+            samples = [by_path[row.path] for row in rows]
             maps = artifacts.load_maps(r.maps_path, [row.map_index for row in rows])
-            samples = [by_path[row.path] for row in rows] if split.has_masks else None
-            values = rescore_category([row.label for row in rows], [row.score for row in rows], maps, samples,
-                                      frame, resize, crop)
-            added = queries.add_metric_values(job.id, r.category, values, version, url=url)
+            values = rescore_category([s.label for s in samples], [row.score for row in rows], maps,
+                                      samples if scored.has_masks else None, frame, resize, crop)
+            added = queries.add_metric_values(job.id, r.category, values, version, url=url, gt_version=gt_version)
             done(RescoreItem(job.id, r.category, "stored", added))
-            log.info("job %s %s: %d metric rows of %s stored", job.id, r.category, added, version)
+            log.info("job %s %s: %d metric rows of %s against %s stored", job.id, r.category, added, version,
+                     gt_version)
     return items
+
+
+def rescore(
+    job_ids: Iterable[int] | None = None,
+    version: str = METRIC_VERSION,
+    dry_run: bool = False,
+    url: str | None = None,
+    report: Callable[[RescoreItem], None] | None = None,
+) -> list[RescoreItem]:
+    """Store metric rows of `version` for every category of every succeeded job (or of `job_ids`) that lacks
+    them, against each job's own ground truth. Returns one item per job x category. `dry_run`: only say which
+    categories would be re-scored."""
+    ids = None if job_ids is None else list(job_ids)
+    jobs = queries.list_jobs(status="succeeded", job_ids=ids, limit=None, url=url)
+    return rescore_jobs(jobs, version, dry_run=dry_run, url=url, report=report)
+
+
+__all__ = ["RescoreItem", "TargetTruth", "rescore", "rescore_jobs"]

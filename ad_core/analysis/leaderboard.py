@@ -184,46 +184,41 @@ def metric_versions(frame: pd.DataFrame) -> list[str]:
     return sorted(versions, key=lambda v: v == METRIC_VERSION)  # stable: only moves the current one last
 
 
-def _pick_frame(frame: pd.DataFrame, eval_frame: str | None) -> tuple[str | None, str, list[str]]:
-    """(key, label, labels of the other frames) of the evaluation frame a table shows: `eval_frame` (a key or
-    label), else the default frame when it has results, else the frame with the most results."""
-    if "eval_frame" not in frame or frame.empty:
-        return eval_frame, "", []
-    counts = frame.groupby("eval_frame").size().sort_values(ascending=False, kind="stable")
-    labels = frame.drop_duplicates("eval_frame").set_index("eval_frame")["eval_frame_label"]
-    if eval_frame is None:
-        key = DEFAULT_FRAME if DEFAULT_FRAME in counts.index else str(counts.index[0])
-    elif eval_frame in counts.index:
-        key = eval_frame
+def _pick_one(frame: pd.DataFrame, column: str, label_column: str, wanted: str | None, default: str,
+              what: str) -> tuple[str, str, list[str]]:
+    """(key, label, labels of the others) of the one value of `column` a table shows: `wanted` (a key or its
+    label), else `default` when it has results, else the value with the most results. ValueError when `wanted`
+    has no results, naming the values that have (`what` words the error, e.g. "in evaluation frame")."""
+    counts = frame.groupby(column).size().sort_values(ascending=False, kind="stable")
+    labels = (frame.drop_duplicates(column).set_index(column)[label_column] if label_column in frame
+              else pd.Series({k: str(k) for k in counts.index}))
+    if wanted is None:
+        key = default if default in counts.index else str(counts.index[0])
+    elif wanted in counts.index:
+        key = wanted
     else:
-        by_label = [k for k in counts.index if labels[k] == eval_frame]
+        by_label = [k for k in counts.index if labels[k] == wanted]
         if not by_label:
-            raise ValueError(f"no results in evaluation frame {eval_frame!r}; frames with results: "
+            raise ValueError(f"no results {what} {wanted!r}; with results: "
                              f"{', '.join(f'{k} ({labels[k]})' for k in counts.index)}")
         key = by_label[0]
     return key, str(labels[key]), [str(labels[k]) for k in counts.index if k != key]
+
+
+def _pick_frame(frame: pd.DataFrame, eval_frame: str | None) -> tuple[str | None, str, list[str]]:
+    """The evaluation frame a table shows (`_pick_one`; default `DEFAULT_FRAME`). A frame without an
+    `eval_frame` column (no frame recorded) keeps `eval_frame` and no label."""
+    if "eval_frame" not in frame or frame.empty:
+        return eval_frame, "", []
+    return _pick_one(frame, "eval_frame", "eval_frame_label", eval_frame, DEFAULT_FRAME, "in evaluation frame")
 
 
 def _pick_gt(frame: pd.DataFrame, gt_version: str | None) -> tuple[str, str, list[str]]:
-    """(key, label, labels of the others) of the ground-truth version a table shows: `gt_version` (a key or label),
-    else the dataset's own ground truth when it has results, else the version with the most results. Frames
-    without a `gt_version` column hold only the dataset's ground truth."""
+    """The ground-truth version a table shows (`_pick_one`; default: the dataset's own files). Frames without a
+    `gt_version` column hold only the dataset's ground truth."""
     if "gt_version" not in frame or frame.empty:
         return gt_version or DEFAULT_GT_VERSION, DEFAULT_GT_LABEL if not gt_version else str(gt_version), []
-    counts = frame.groupby("gt_version").size().sort_values(ascending=False, kind="stable")
-    labels = (frame.drop_duplicates("gt_version").set_index("gt_version")["gt_label"] if "gt_label" in frame
-              else pd.Series({k: str(k) for k in counts.index}))
-    if gt_version is None:
-        key = DEFAULT_GT_VERSION if DEFAULT_GT_VERSION in counts.index else str(counts.index[0])
-    elif gt_version in counts.index:
-        key = gt_version
-    else:
-        by_label = [k for k in counts.index if labels[k] == gt_version]
-        if not by_label:
-            raise ValueError(f"no results against ground truth {gt_version!r}; ground truths with results: "
-                             f"{', '.join(f'{k} ({labels[k]})' for k in counts.index)}")
-        key = by_label[0]
-    return key, str(labels[key]), [str(labels[k]) for k in counts.index if k != key]
+    return _pick_one(frame, "gt_version", "gt_label", gt_version, DEFAULT_GT_VERSION, "against ground truth")
 
 
 def _pick_split(frame: pd.DataFrame, split: str | None) -> tuple[str | None, str, str, list[str]]:

@@ -27,10 +27,18 @@ STATUS_CELLS = {"queued": "·", "running": "▶", "succeeded": "✓", "failed": 
 VIEW_KEY = "leaderboard_view"  # the last leaderboard view, shared by the Leaderboard and Export pages
 
 
+def categories_text(categories: list[str], width: int = 3) -> str:
+    """A job's categories for a table cell: all of them when few, else the count and the first `width` (a
+    multi-class job over 15 classes must not push the other columns out of the table)."""
+    if len(categories) <= width + 1:
+        return ", ".join(categories)
+    return f"{len(categories)} classes: {', '.join(categories[:width])}, …"
+
+
 def job_label(job: Job) -> str:
     preset = f" ({job.preset})" if job.preset else ""
-    return (f"#{job.id} {job.method}{preset} · {job.dataset.kind} · {', '.join(job.categories)} · seed {job.seed}"
-            f" · {job.status}")
+    return (f"#{job.id} {job.method}{preset} · {job.dataset.kind} · {categories_text(job.categories)} · seed "
+            f"{job.seed} · {job.status}")
 
 
 # How long the demo takes (one worker runs its jobs one after another; measured on a 2-core CPU).

@@ -383,3 +383,11 @@ def test_heatmap_colours_are_anchored_to_good_images() -> None:
     assert np.abs(heatmap.overlay(image, maps[0], scale, 0.0).astype(int) - 128).max() == 0
     assert heatmap.outline(np.pad(np.ones((4, 4), bool), 2)).sum() == 12
     assert heatmap.normal_scale(maps[4:], labels[4:], "p99").from_normals is False
+
+
+def test_a_multi_class_jobs_categories_stay_short_in_tables() -> None:
+    from dashboard.ui import categories_text
+
+    assert categories_text(["brick", "grass", "gravel", "moon"]) == "brick, grass, gravel, moon"
+    ten = ["brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble", "ihc", "moon"]
+    assert categories_text(ten) == "10 classes: brick, camera, chelsea, …"

@@ -44,7 +44,7 @@ def _table(jobs: list, with_group: bool) -> pd.DataFrame:
         "status": j.status + (" (cancel requested)" if j.cancel_requested and j.status == "running" else ""),
         "progress": round(100 * j.progress),  # whole percent: "49%" next to "100%", never "48.75%"
         "method": j.method + (f" ({j.preset})" if j.preset else ""),
-        "categories": ", ".join(j.categories),
+        "categories": ui.categories_text(j.categories),
         "seed": j.seed,
         "elapsed": j.elapsed_text,
         "detail": f"run_detail?job={j.id}" if j.status == "succeeded" else "",

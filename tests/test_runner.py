@@ -196,3 +196,27 @@ def test_catalog_dataset_kinds_match_the_loaders():
     from ad_core.data import DATASET_KINDS
 
     assert CATALOG_KINDS == DATASET_KINDS
+
+
+def test_provenance_records_threads_blas_frame_and_ground_truth(demo_root):
+    """Issue 15 item 6: 1 vs 2 threads change results in the last digits, so the thread count and the BLAS
+    libraries in use (with their thread counts) are part of every result's provenance."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        prov = run(tiny_spec(demo_root)).provenance
+    finally:
+        torch.set_num_threads(before)
+    assert prov["threads"] == 1
+    blas = prov["packages"]["blas"]
+    loaded = {f"{lib['internal_api']} {lib['version']}" for lib in threadpool_info()}
+    entries = blas.split("; ")
+    assert entries and all(any(e.startswith(name) for name in loaded) for e in entries), (blas, loaded)
+    assert all(e.endswith("threads)") for e in entries)
+    assert prov["packages"]["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+    assert prov["frame"] == "full:256" and prov["ground_truth"] == {"version": "dataset",
+                                                                   "label": "dataset as downloaded"}
+    assert prov["git_commit"] and prov["metric_version"] == "iad-metrics-2"

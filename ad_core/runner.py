@@ -149,11 +149,8 @@ class RunSpec:
             check_backbone_name(name)
         split_spec = self.split_spec
         check_pairing(cls, split_spec, self.categories)
-        truth = self.ground_truth_entries()
-        if dict(split_spec.options).get("source") == "annotated" and not truth:
-            raise ConfigError("split few_shot with source=annotated draws its labelled anomalies from an annotation "
-                              "set: give one (iad submit --annotations SET, or the Launch page's ground truth)")
-        splits = split_spec.apply(self.dataset, self.root, self.categories, run_seed=self.seed, ground_truth=truth)
+        splits = split_spec.apply(self.dataset, self.root, self.categories, run_seed=self.seed,
+                                  ground_truth=self.ground_truth_entries())
         cls.check_data(config, {c: s.counts() for c, s in splits.items()})
         return RunPlan(config=config, splits=splits, units=plan_fit_units(cls.learning_type, self.categories))
 

@@ -125,6 +125,9 @@ class SplitSpec:
         if not categories:
             raise ConfigError("no category given")
         kind = get_split_kind(self.kind)
+        if kind.needs_ground_truth(self) and not ground_truth:
+            raise ConfigError(f"split {self.label} draws its labelled anomalies from an annotation set: give one "
+                              "(iad submit --annotations SET, or the Launch page's ground truth)")
         universe = kind.universe(self, categories)
         outside = [c for c in categories if c not in universe]
         if outside:
@@ -183,6 +186,10 @@ class SplitKind:
     seeded: ClassVar[bool] = True  # False: the kind draws nothing, so the seed does not change its lists
 
     location_options: ClassVar[tuple[str, ...]] = ()  # options left out of the comparability key
+
+    def needs_ground_truth(self, spec: SplitSpec) -> bool:
+        """Whether the recipe draws from an annotation set's ground truth (then `apply` requires one)."""
+        return False
 
     def universe(self, spec: SplitSpec, categories: Sequence[str]) -> list[str]:
         """The classes to load to make the lists of `categories` (just those, unless the kind spans classes)."""
@@ -246,6 +253,9 @@ class FewShotSplit(SplitKind):
         if options["defect_type"] is not None and options["setting"] != "hard":
             raise ConfigError("few_shot defect_type is only used with setting=hard")
         return options
+
+    def needs_ground_truth(self, spec: SplitSpec) -> bool:
+        return dict(spec.options).get("source") == "annotated"
 
     def label(self, spec: SplitSpec) -> str:
         o = dict(spec.options)

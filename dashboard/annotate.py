@@ -167,7 +167,7 @@ def truth_pixels(image: dba.DatasetImage, row, size: tuple[int, int]) -> np.ndar
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_geometry(job_id: int) -> tuple[str, int, int]:
     job = queries.get_job(job_id)
-    return job.frame or "native", int(job.config.get("resize", 256)), int(job.config.get("crop", 224))
+    return job.map_geometry
 
 
 def stored_map(job: Job, root: str, category: str, rel: str) -> np.ndarray | None:

@@ -154,6 +154,12 @@ class Job(Base):
         return max(0.0, (end - self.started_at).total_seconds())
 
     @property
+    def map_geometry(self) -> tuple[str, int, int]:
+        """(evaluation frame, resize, crop) the job's stored maps were made in: what re-scoring them and putting
+        them back on the image need (a config without resize/crop used PatchCore's 256 / 224)."""
+        return (self.frame or LEGACY_FRAME, int(self.config.get("resize", 256)), int(self.config.get("crop", 224)))
+
+    @property
     def elapsed_text(self) -> str:
         """Elapsed run time as m:ss or h:mm:ss ("" before the job started), for tables."""
         if self.elapsed_s is None:

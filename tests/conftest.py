@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,16 @@ def mvtec_bottle_root() -> Path:
             pytest.fail(f"{message}: CI must have ../shared/data")
         pytest.skip(message)
     return MVTEC_ROOT
+
+
+@pytest.fixture
+def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private SQLite results database, IAD_HOME and artifact store for one test; yields the database URL."""
+    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
+    monkeypatch.setenv("IAD_DATABASE_URL", url)
+    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
+    yield url
+    from db.session import dispose_engine
+
+    dispose_engine(url)

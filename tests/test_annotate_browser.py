@@ -4,16 +4,14 @@ a second save makes version 2 and the history shows both. Screenshots go to tmp_
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from test_browser import CHROMIUM, CHROMIUM_ARGS, app_url  # noqa: F401  (app_url: the `iad up` fixture)
+from test_browser import CHROMIUM, CHROMIUM_ARGS, Screenshots, app_url, settled  # noqa: F401  (app_url: the `iad up` fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,6 +39,15 @@ def _expected(canvas: tuple[int, int], size: tuple[int, int], rect: tuple[float,
     return area >= 0.5
 
 
+def drag(page, box: dict, line: tuple[float, float, float, float], steps: int) -> None:  # noqa: ANN001
+    """Press at (x0, y0) of the canvas, move to (x1, y1) in `steps` mouse events, release (canvas px)."""
+    x0, y0, x1, y1 = line
+    page.mouse.move(box["x"] + x0, box["y"] + y0)
+    page.mouse.down()
+    page.mouse.move(box["x"] + x1, box["y"] + y1, steps=steps)
+    page.mouse.up()
+
+
 def test_draw_undo_save_and_version_two(app_url, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
@@ -53,20 +60,7 @@ def test_draw_undo_save_and_version_two(app_url, tmp_path: Path, monkeypatch) ->
     from db import artifacts
 
     root = str(state.ensure_demo_dataset())
-    shots = [tmp_path / "screenshots"]
-    if os.environ.get("IAD_SCREENSHOTS"):
-        shots.append(Path(os.environ["IAD_SCREENSHOTS"]))
-    for folder in shots:
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(page, name: str) -> None:  # noqa: ANN001
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(shots[0] / name))
-        for folder in shots[1:]:
-            shutil.copy(shots[0] / name, folder / name)
-
-    def settled(page) -> None:  # noqa: ANN001
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    shot = Screenshots(tmp_path)
 
     def choose_tool(page, name: str) -> None:  # noqa: ANN001
         """Pick a drawing tool and wait until the rerun it causes has reached the page (the brush slider is
@@ -113,25 +107,16 @@ def test_draw_undo_save_and_version_two(app_url, tmp_path: Path, monkeypatch) ->
         # Rectangle: drag with the mouse.
         choose_tool(page, "Rectangle")
         rect = (100, 90, 190, 170)
-        page.mouse.move(box["x"] + rect[0], box["y"] + rect[1])
-        page.mouse.down()
-        page.mouse.move(box["x"] + rect[2], box["y"] + rect[3], steps=10)
-        page.mouse.up()
+        drag(page, box, rect, steps=10)
         after_rect = wait_pixels(page, lambda n: n > 0, "above 0 after the rectangle")
         # Brush stroke.
         choose_tool(page, "Brush")
         stroke = (260, 300, 420, 330)
-        page.mouse.move(box["x"] + stroke[0], box["y"] + stroke[1])
-        page.mouse.down()
-        page.mouse.move(box["x"] + stroke[2], box["y"] + stroke[3], steps=20)
-        page.mouse.up()
+        drag(page, box, stroke, steps=20)
         after_stroke = wait_pixels(page, lambda n: n > after_rect, "larger after the stroke")
         # A third stroke, undone before saving: it must leave no trace.
         extra = (60, 430, 200, 450)
-        page.mouse.move(box["x"] + extra[0], box["y"] + extra[1])
-        page.mouse.down()
-        page.mouse.move(box["x"] + extra[2], box["y"] + extra[3], steps=15)
-        page.mouse.up()
+        drag(page, box, extra, steps=15)
         wait_pixels(page, lambda n: n > after_stroke, "larger after the extra stroke")
         page.mouse.move(box["x"] + cw / 2, box["y"] + ch / 2)  # the toolbar shows while the pointer is on the canvas
         page.get_by_role("button", name="Undo").click()
@@ -160,10 +145,7 @@ def test_draw_undo_save_and_version_two(app_url, tmp_path: Path, monkeypatch) ->
         # Version 2: another rectangle, saved with the keyboard shortcut.
         choose_tool(page, "Rectangle")
         before = _pixels(page)
-        page.mouse.move(box["x"] + 300, box["y"] + 60)
-        page.mouse.down()
-        page.mouse.move(box["x"] + 360, box["y"] + 120, steps=8)
-        page.mouse.up()
+        drag(page, box, (300, 60, 360, 120), steps=8)
         wait_pixels(page, lambda n: n > before, "larger after the second rectangle")
         page.keyboard.press("Alt+s")
         expect(page.get_by_text(f"Saved version 2 of {rel} (current).")).to_be_visible()

@@ -14,15 +14,10 @@ from db import artifacts, queries
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
-    monkeypatch.setenv("IAD_DATABASE_URL", url)
-    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
+def env(url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared private database (`url`, conftest) with a named user for the saved annotations."""
     monkeypatch.setenv("IAD_USER", "carol")
-    yield url
-    from db.session import dispose_engine
-
-    dispose_engine(url)
+    return url
 
 
 def _run(url: str, root: Path, category: str = "brick") -> int:

@@ -37,6 +37,29 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def settled(page) -> None:  # noqa: ANN001
+    """Wait until Streamlit has finished the current script run (it shows a status widget while it runs)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+
+
+class Screenshots:
+    """`shot(page, name)`: a screenshot into tmp_path/screenshots, copied to $IAD_SCREENSHOTS when set."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.folders = [tmp_path / "screenshots"]
+        if os.environ.get("IAD_SCREENSHOTS"):
+            self.folders.append(Path(os.environ["IAD_SCREENSHOTS"]))
+        for folder in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, page, name: str, wait_ms: int = 600) -> None:  # noqa: ANN001
+        page.wait_for_timeout(wait_ms)  # let charts and images finish painting
+        # Streamlit scrolls inside its own container, so the tall viewport is what gets captured.
+        page.screenshot(path=str(self.folders[0] / name))
+        for folder in self.folders[1:]:
+            shutil.copy(self.folders[0] / name, folder / name)
+
+
 @pytest.fixture
 def app_url(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
     """`iad up` on a free port with a private IAD_HOME; yields (base url, env, log file)."""
@@ -86,22 +109,7 @@ def test_newcomer_runs_the_demo_and_reads_the_results(app_url, tmp_path: Path, m
         monkeypatch.setenv(key, env[key])
     from db import queries
 
-    shots = [tmp_path / "screenshots"]
-    if os.environ.get("IAD_SCREENSHOTS"):
-        shots.append(Path(os.environ["IAD_SCREENSHOTS"]))
-    for folder in shots:
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def shot(page, name: str) -> None:  # noqa: ANN001
-        page.wait_for_timeout(600)  # let charts and images finish painting
-        # Streamlit scrolls inside its own container, so the tall viewport is what gets captured.
-        page.screenshot(path=str(shots[0] / name))
-        for folder in shots[1:]:
-            shutil.copy(shots[0] / name, folder / name)
-
-    def settled(page) -> None:  # noqa: ANN001
-        # Streamlit shows a "Running..." status widget while the script runs.
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    shot = Screenshots(tmp_path)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -215,7 +223,7 @@ def test_long_tailed_runs_fill_the_imbalance_page(app_url, tmp_path: Path, monke
         page.goto(f"{url}/imbalance")
         expect(page.get_by_text("Head, medium and tail classes")).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+        settled(page)
         points = page.locator(".js-plotly-plot .scatterlayer .point").count()
         assert points >= 10, points  # one marker per class (and count) per method
         table = page.locator("[data-testid='stTable'] table").first

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,18 +20,6 @@ from db import results
 from workers.cli import main as export_main
 
 IMAGES = [Image(f"/data/x/{i}.png", i % 2, "good" if i % 2 == 0 else "scratch", 0.1 * i) for i in range(4)]
-
-
-@pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
-    monkeypatch.setenv("IAD_DATABASE_URL", url)
-    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
-    yield url
-    from db.session import dispose_engine
-
-    dispose_engine(url)
 
 
 def put(method: str, category: str, seed: int, value: float, root: str = "/data/mvtec", dataset: str = "mvtec",

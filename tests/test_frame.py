@@ -245,18 +245,6 @@ def test_a_cropping_methods_map_lands_where_its_crop_came_from(
 # --- the frame as a comparability key ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
-    monkeypatch.setenv("IAD_DATABASE_URL", url)
-    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
-    yield url
-    from db.session import dispose_engine
-
-    dispose_engine(url)
-
-
 def _put(method: str, seed: int, value: float, frame: str, **kw: Any) -> int:
     from dashboard.sample_data import Image as Scored
     from dashboard.sample_data import store_job

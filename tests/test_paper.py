@@ -7,7 +7,6 @@ chosen to match or miss the papers' settings.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -25,18 +24,6 @@ WRN50_224 = {"backbone": "wide_resnet50_2.tv_in1k", "weights": "imagenet", "resi
              "coreset_ratio": 0.1, "num_neighbors": 1, "target_embed_dim": 1024}
 FAST = {"backbone": "tf_efficientnet_lite0", "weights": "bundled", "resize": 128, "crop": 128, "coreset_ratio": 0.05,
         "num_neighbors": 1, "target_embed_dim": 1024}
-
-
-@pytest.fixture
-def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
-    monkeypatch.setenv("IAD_DATABASE_URL", url)
-    monkeypatch.setenv("IAD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "artifacts"))
-    yield url
-    from db.session import dispose_engine
-
-    dispose_engine(url)
 
 
 def put(category: str, metrics: dict, config: dict, preset: str | None, frame: str = "native") -> int:

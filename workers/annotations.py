@@ -21,8 +21,6 @@ from ad_core.catalog import METRIC_VERSION
 from db import queries
 from workers.rescore import RescoreItem, TargetTruth, rescore_jobs
 
-GtRescoreItem = RescoreItem  # one item type for both re-scores
-
 
 def rescore_against_set(
     set_id: int,
@@ -44,4 +42,4 @@ def rescore_against_set(
     return rescore_jobs(jobs, METRIC_VERSION, target=target, dry_run=dry_run, url=url, report=report)
 
 
-__all__ = ["GtRescoreItem", "rescore_against_set"]
+__all__ = ["rescore_against_set"]

@@ -156,9 +156,10 @@ def plan_jobs(
             continue
         try:
             if split_dict.get("seed") is None and split_dict["kind"] != "standard":
+                truth = spec.ground_truth_entries()  # checked once: prepare() above accepted it
                 for seed in seeds[1:]:  # each seed draws its own split: every draw must work
                     SplitSpec.from_dict(split_dict).apply(dataset, root, list(categories), run_seed=seed,
-                                                          ground_truth=spec.ground_truth_entries())
+                                                          ground_truth=truth)
         except (ConfigError, DatasetError) as exc:
             plan.errors[method] = str(exc)
             continue

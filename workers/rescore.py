@@ -58,7 +58,6 @@ def rescore_jobs(
     must equal the stored one (the data did not change since the run)."""
     from ad_core.annotations import DEFAULT_GT_VERSION, apply_overrides, ground_truth_entries
     from ad_core.errors import AnnotationError, ConfigError, DatasetError
-    from ad_core.frame import LEGACY_FRAME
     from ad_core.reproduce import rescore_category
     from ad_core.splits import SplitSpec
     from db.annotations import ground_truth_of
@@ -100,8 +99,7 @@ def rescore_jobs(
                 done(RescoreItem(job.id, r.category, f"skipped: the data cannot be read ({exc})"))
             continue
         stored_hash = {s.id: s.content_hash for s in queries.list_splits(job.dataset_id, url=url)}
-        frame = job.frame or LEGACY_FRAME
-        resize, crop = int(job.config.get("resize", 256)), int(job.config.get("crop", 224))
+        frame, resize, crop = job.map_geometry
         for r in todo:
             split = splits.get(r.category)
             if split is None or r.split_id is None:

@@ -67,7 +67,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     info = get_set(args.set, args.dataset, _root(args))
     jobs = args.job or None
     if args.inline or args.dry_run:
-        def report(item) -> None:  # noqa: ANN001 (GtRescoreItem)
+        def report(item) -> None:  # noqa: ANN001 (workers.rescore.RescoreItem)
             extra = f" ({item.rows} rows)" if item.status == "stored" else ""
             print(f"job {item.job_id} {item.category}: {item.status}{extra}", flush=True)
 

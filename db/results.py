@@ -188,7 +188,7 @@ def image_scores_frame(job_ids: Iterable[int], url: str | None = None) -> pd.Dat
 
     Rows are ordered by job, category and image path, so that two jobs on the same test set line up.
     """
-    ids = list(job_ids)
+    ids = [int(i) for i in job_ids]  # numpy integers would not bind as SQL integers
     rows = []
     if ids:
         query = (

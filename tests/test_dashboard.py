@@ -152,9 +152,16 @@ def test_leaderboard_shows_the_matrix_efficiency_and_chart(stored: dict) -> None
         seeds, mean = traces[(label, "seeds")], traces[(label, "mean")]
         assert sorted((c, int(s)) for c, s in seeds["customdata"]) == [
             (c, s) for c in ("brick", "grass", "mean") for s in (0, 1)]
-        assert mean["customdata"] == ["brick", "grass", "mean"] and mean["error_y"]["visible"]
+        assert [c for c, _ in mean["customdata"]] == ["brick", "grass", "mean"] and mean["error_y"]["visible"]
         assert [round(x) for x in mean["x"]] == [0, 1, 2]  # one column each, the ticks name them
-        assert float(table.loc[label, "brick"].split("±")[0]) == pytest.approx(mean["y"][0], abs=5e-4)
+        assert float(table.loc[label, "brick"].split("±")[0].rstrip(" ≈~")) == pytest.approx(mean["y"][0], abs=5e-4)
+    # Hover: each pretrained entry against its column's best, with the paired-bootstrap interval.
+    hovers = {label: [h for _, h in traces[(label, "mean")]["customdata"]] for label in table.index}
+    for k in range(3):  # per column: one best, the other pretrained entry against it
+        pretrained = sorted(hovers[label][k] for label in ("patchcore (fast)", "padim (fast)"))
+        assert pretrained[0] == "best in this column", pretrained
+        assert pretrained[1].startswith("best − this: Δ +") and "paired bootstrap" in pretrained[1], pretrained
+    assert hovers["isstad (fast) ⚠ random weights"] == [""] * 3  # random weights: not ranked, not compared
     efficiency = at.dataframe[0].value
     assert {"images/s", "fit s / category"} <= set(efficiency.columns)
     assert efficiency["images/s"].notna().all()
@@ -227,6 +234,38 @@ def test_run_detail_writes_scores_in_fixed_point_and_labels_good_images_once(iad
     # A CPU run has no GPU memory: the column is left out instead of showing None.
     timings = next(d.value for d in at.dataframe if "fit s" in d.value.columns)
     assert "peak GPU MB" not in timings.columns and any("CPU run" in c.value for c in at.caption)
+
+
+def test_run_detail_compares_two_runs_with_intervals(stored: dict) -> None:
+    at = open_app("run_detail")
+    job = at.selectbox(key="detail_job").value
+    other = at.selectbox(key="compare_with").value
+    table = next(d.value for d in at.dataframe if "interval" in d.value.columns)
+    assert list(table["metric_label"]) == ["Image AUROC", "Image AP", "Image F1-max"]
+    assert table["interval"].str.fullmatch(r"\[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]").all()
+    assert any(f"iad compare {job} {other}" in c.value for c in at.caption)
+    at.toggle(key="compare_pixel").set_value(True).run()
+    assert not at.exception, at.exception
+    table = next(d.value for d in at.dataframe if "interval" in d.value.columns)
+    assert list(table["metric_label"])[-2:] == ["Pixel AUROC", "AUPRO@0.3"]
+    assert (table["note"] == "").all()
+
+
+def test_leaderboard_draws_the_critical_difference_diagram(iad_env: Path, demo_root: Path) -> None:
+    from dashboard import sample_data
+
+    sample_data.store_synthetic_results(demo_root, ["brick", "grass", "gravel"],
+                                        methods={"patchcore": 1.5, "padim": 0.9, "cfa": 0.5}, seeds=(0, 1))
+    at = open_app()
+    assert at.get("plotly_chart")[1].proto.spec  # the CD diagram after the dot plot
+    spec = json.loads(at.get("plotly_chart")[1].proto.spec)
+    labels = [a["text"] for a in spec["layout"]["annotations"] if "(" in a["text"]]
+    assert sorted(label.rsplit(" (", 1)[0] for label in labels) == ["cfa (fast)", "padim (fast)", "patchcore (fast)"]
+    assert any("Friedman over 3 classes and 3 methods" in c.value and "Nemenyi CD" in c.value for c in at.caption)
+    at.radio(key="lb_posthoc").set_value("wilcoxon-holm").run()
+    assert any("Holm's correction" in c.value for c in at.caption)
+    lead = next(d.value for d in at.dataframe if "second" in d.value.columns)
+    assert list(lead["column"]) == ["brick", "grass", "gravel", "mean"]
 
 
 def test_run_detail_opens_the_job_of_the_query_parameter(stored: dict) -> None:

@@ -15,7 +15,7 @@ inline (`--inline`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,76 @@ class TargetTruth:
     categories: tuple[str, ...]
 
 
+@dataclass
+class StoredCategory:
+    """One stored category of a job, checked against its data: the test samples in stored order (with the
+    ground truth scored against), the stored per-image labels and scores, and where its maps are."""
+
+    category: str
+    samples: list[Any]  # ad_core Sample, in the stored (map) order
+    scores: list[float]
+    map_indices: list[int]
+    maps_path: str
+    has_masks: bool
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def maps(self) -> Any:  # noqa: ANN401 (np.ndarray [N, H, W] float32)
+        return artifacts.load_maps(self.maps_path, self.map_indices)
+
+    def masks(self, job: Any) -> Any:  # noqa: ANN401 (np.ndarray [N, H, W] bool, or None)
+        """The ground truth brought into the job's evaluation frame (None when the category has no masks)."""
+        from ad_core.reproduce import frame_masks
+
+        return frame_masks(self.samples, *job.map_geometry) if self.has_masks else None
+
+
+def stored_categories(
+    job: Any, runs: Sequence[Any], target: TargetTruth | None = None, url: str | None = None  # noqa: ANN401
+) -> Iterator[tuple[Any, StoredCategory | str]]:
+    """(run, StoredCategory) for each of `runs` (a job's category runs), or (run, why it cannot be used). The
+    split is rebuilt with the job's own ground truth and must have the stored content hash (the data did not
+    change since the run); scored against `target`'s ground truth when given."""
+    from ad_core.annotations import DEFAULT_GT_VERSION, apply_overrides, ground_truth_entries
+    from ad_core.errors import AnnotationError, ConfigError, DatasetError
+    from ad_core.splits import SplitSpec
+    from db.annotations import ground_truth_of
+
+    own_gt = getattr(job, "gt_version", None) or DEFAULT_GT_VERSION
+    try:
+        own = None
+        if own_gt != DEFAULT_GT_VERSION:  # the job ran against an annotation set: its split used that set
+            own = ground_truth_entries(ground_truth_of(own_gt, job.dataset.kind, job.dataset.root, url=url))
+        splits = SplitSpec.from_dict(job.split).apply(job.dataset.kind, job.dataset.root, [r.category for r in runs],
+                                                      run_seed=job.seed, ground_truth=own)
+    except (ConfigError, DatasetError, AnnotationError, OSError) as exc:
+        for r in runs:
+            yield r, f"the data cannot be read ({exc})"
+        return
+    stored_hash = {s.id: s.content_hash for s in queries.list_splits(job.dataset_id, url=url)}
+    for r in runs:
+        split = splits.get(r.category)
+        if split is None or r.split_id is None:
+            yield r, "no split content hash stored (the data cannot be checked)"
+            continue
+        if stored_hash.get(r.split_id) != split.content_hash():
+            yield r, "the data changed since the run (split content hash)"
+            continue
+        if not r.maps_path or not (artifacts.artifacts_root() / r.maps_path).is_file():
+            yield r, "its maps are not in the artifact store"
+            continue
+        scored = apply_overrides(split, target.entries) if target is not None else split
+        rows = sorted(queries.image_results(job.id, r.category, url=url), key=lambda row: row.map_index)
+        by_path = {s.path: s for s in scored.test}
+        if any(row.path not in by_path for row in rows) or len(rows) != len(scored.test):
+            yield r, "the stored images are not the split's test images"
+            continue
+        yield r, StoredCategory(r.category, [by_path[row.path] for row in rows], [row.score for row in rows],
+                                [row.map_index for row in rows], r.maps_path, bool(scored.has_masks))
+
+
 def rescore_jobs(
     jobs: Sequence[Any],
     version: str = METRIC_VERSION,
@@ -56,11 +126,8 @@ def rescore_jobs(
     against each job's own ground truth (the dataset's files, or the annotation set it ran with; rows stored
     under the job's gt_version). The split is rebuilt with the job's own ground truth, so its content hash
     must equal the stored one (the data did not change since the run)."""
-    from ad_core.annotations import DEFAULT_GT_VERSION, apply_overrides, ground_truth_entries
-    from ad_core.errors import AnnotationError, ConfigError, DatasetError
+    from ad_core.annotations import DEFAULT_GT_VERSION
     from ad_core.reproduce import rescore_category
-    from ad_core.splits import SplitSpec
-    from db.annotations import ground_truth_of
 
     ids = [j.id for j in jobs]
     have_by_gt: dict[str, dict[tuple[int, str], set[str]]] = {}
@@ -88,40 +155,12 @@ def rescore_jobs(
             for r in todo:
                 done(RescoreItem(job.id, r.category, "to do"))
             continue
-        try:
-            own = None
-            if own_gt != DEFAULT_GT_VERSION:  # the job ran against an annotation set: its split used that set
-                own = ground_truth_entries(ground_truth_of(own_gt, job.dataset.kind, job.dataset.root, url=url))
-            splits = SplitSpec.from_dict(job.split).apply(job.dataset.kind, job.dataset.root, [r.category for r in todo],
-                                                          run_seed=job.seed, ground_truth=own)
-        except (ConfigError, DatasetError, AnnotationError, OSError) as exc:
-            for r in todo:
-                done(RescoreItem(job.id, r.category, f"skipped: the data cannot be read ({exc})"))
-            continue
-        stored_hash = {s.id: s.content_hash for s in queries.list_splits(job.dataset_id, url=url)}
-        frame, resize, crop = job.map_geometry
-        for r in todo:
-            split = splits.get(r.category)
-            if split is None or r.split_id is None:
-                done(RescoreItem(job.id, r.category, "skipped: no split content hash stored (the data cannot be "
-                                                     "checked)"))
+        for r, stored in stored_categories(job, todo, target, url):
+            if isinstance(stored, str):
+                done(RescoreItem(job.id, r.category, f"skipped: {stored}"))
                 continue
-            if stored_hash.get(r.split_id) != split.content_hash():
-                done(RescoreItem(job.id, r.category, "skipped: the data changed since the run (split content hash)"))
-                continue
-            if not r.maps_path or not (artifacts.artifacts_root() / r.maps_path).is_file():
-                done(RescoreItem(job.id, r.category, "skipped: its maps are not in the artifact store"))
-                continue
-            scored = apply_overrides(split, target.entries) if target is not None else split
-            rows = sorted(queries.image_results(job.id, r.category, url=url), key=lambda row: row.map_index)
-            by_path = {s.path: s for s in scored.test}
-            if any(row.path not in by_path for row in rows) or len(rows) != len(scored.test):
-                done(RescoreItem(job.id, r.category, "skipped: the stored images are not the split's test images"))
-                continue
-            samples = [by_path[row.path] for row in rows]
-            maps = artifacts.load_maps(r.maps_path, [row.map_index for row in rows])
-            values = rescore_category([s.label for s in samples], [row.score for row in rows], maps,
-                                      samples if scored.has_masks else None, frame, resize, crop)
+            values = rescore_category(stored.labels, stored.scores, stored.maps(),
+                                      stored.samples if stored.has_masks else None, *job.map_geometry)
             added = queries.add_metric_values(job.id, r.category, values, version, url=url, gt_version=gt_version)
             done(RescoreItem(job.id, r.category, "stored", added))
             log.info("job %s %s: %d metric rows of %s against %s stored", job.id, r.category, added, version,
@@ -144,4 +183,4 @@ def rescore(
     return rescore_jobs(jobs, version, dry_run=dry_run, url=url, report=report)
 
 
-__all__ = ["RescoreItem", "TargetTruth", "rescore", "rescore_jobs"]
+__all__ = ["RescoreItem", "StoredCategory", "TargetTruth", "rescore", "rescore_jobs", "stored_categories"]

@@ -77,14 +77,20 @@ class Leaderboard:
     other_splits: list[str] = field(default_factory=list)  # labels of recipes present but not shown
     excluded: int = 0  # results left out because their data (split content hash) changed since
     # The values behind the means: one row per variant x column (categories + MEAN) x seed; columns
-    # variant, column, seed, value (the MEAN column's values are per-seed averages over the categories).
-    seed_values: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["variant", "column", "seed", "value"]))
+    # variant, column, seed, value, job_id (the MEAN column's values are per-seed averages over the
+    # categories, with no job_id).
+    seed_values: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["variant", "column", "seed", "value", "job_id"]))
     eval_frame: str | None = None  # the evaluation frame's key (`ad_core.frame`); None = not recorded
     eval_frame_label: str = ""
     other_frames: list[str] = field(default_factory=list)  # labels of frames present but not shown
     gt_version: str = DEFAULT_GT_VERSION  # the ground truth the numbers were computed against
     gt_label: str = DEFAULT_GT_LABEL
     other_gts: list[str] = field(default_factory=list)  # labels of ground-truth versions present but not shown
+    # Marks next to cells (variant, column) -> text, e.g. NOT_SIGNIFICANT on a best entry
+    # (`ad_core.analysis.significance.board_evidence`), with the caption's explanations in `mark_notes`.
+    marks: dict[tuple[str, str], str] = field(default_factory=dict)
+    mark_notes: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -117,6 +123,8 @@ class Leaderboard:
             text += f" ± {s:.{self.precision}f}"
         if col == MEAN and row in self.incomplete:
             text += " †"
+        if (row, col) in self.marks:
+            text += " " + self.marks[(row, col)]
         return text
 
     def cells(self) -> pd.DataFrame:
@@ -166,6 +174,7 @@ class Leaderboard:
             parts.append("† mean over a subset of the categories")
         if self.any_random:
             parts.append("⚠ random backbone weights (not pretrained; not ranked)")
+        parts.extend(self.mark_notes)
         return "; ".join(parts) + "."
 
 
@@ -374,7 +383,7 @@ def build_leaderboard(
         table.index.name = "variant"
         table.columns.name = None
     seed_values = pd.concat(
-        [frame[["variant", "category", "seed", "value"]].rename(columns={"category": "column"}),
+        [frame[["variant", "category", "seed", "value", "job_id"]].rename(columns={"category": "column"}),
          *(pd.DataFrame({"variant": v, "column": MEAN, "seed": a.index.get_level_values("seed"), "value": a.values})
            for v, a in seed_avgs.items())],
         ignore_index=True,

@@ -38,6 +38,9 @@ if board.any_random:
     st.warning(f"Rows marked **{lb.RANDOM_MARK}** used randomly initialised backbones (test/demo runs). "
                "They are shown for completeness and excluded from the best/second ranking.")
 
+# The evidence behind the ranking: best entries not significantly better than the second are marked.
+support = evidence.board_evidence(board)
+board = support.marked(board)
 st.table(ui.styled_matrix(board, view.transpose))
 st.caption(board.caption())
 
@@ -82,14 +85,20 @@ for i, variant in enumerate(board.mean.index):
         marker={"size": 6, "color": color, "opacity": 0.55, "symbol": "circle-open" if random_weights else "circle"},
         hovertemplate=f"{label}<br>%{{customdata[0]}}, seed %{{customdata[1]}}: %{{y:.3f}}<extra></extra>",
     )
+    against_best = [
+        "best in this column" if support.best.get(c) == variant
+        else ("best − this: " + support.vs_best[c][variant].text(board.precision) if variant in support.vs_best.get(c, {}) else "")
+        for c in columns
+    ]
     fig.add_scatter(
         name=label, legendgroup=label, mode="markers",
-        x=[k + offset for k in range(len(columns))], y=board.mean.loc[variant, columns], customdata=columns,
+        x=[k + offset for k in range(len(columns))], y=board.mean.loc[variant, columns],
+        customdata=list(zip(columns, against_best, strict=True)),
         error_y={"type": "data", "array": board.std.loc[variant, columns].fillna(0), "visible": True,
                  "color": color, "thickness": 1.5, "width": 5},
         marker={"size": 11, "color": color, "symbol": "diamond-open" if random_weights else "diamond",
                 "line": {"width": 2 if random_weights else 0, "color": color}},
-        hovertemplate=f"{label}<br>%{{customdata}}: mean %{{y:.3f}}<extra></extra>",
+        hovertemplate=f"{label}<br>%{{customdata[0]}}: mean %{{y:.3f}}<br>%{{customdata[1]}}<extra></extra>",
     )
 fig.add_vline(x=len(board.categories) - 0.5, line={"dash": "dot", "width": 1, "color": "gray"})
 fig.update_layout(yaxis_title=board.metric_label, height=420, margin={"t": 30, "b": 10},
@@ -108,6 +117,7 @@ st.plotly_chart(fig, width="stretch")
 st.caption("Dots: one per seed; diamond: the mean, whiskers ± std over seeds (open markers: random weights). "
            "The axis spans the values shown and does not start at 0.")
 
+evidence.significance_section(board, support)
 evidence.paper_section(board)
 
 with st.expander("Jobs behind this table"):

@@ -134,7 +134,10 @@ def short_caption(info: dict) -> str:
     return f"{info['method']}{info['random']} · seed {info['seed']} · score {fmt_score(info['score'])}"
 
 
-tab_images, tab_metrics, tab_prov = st.tabs(["Images", "Metrics", "Provenance"])
+tab_images, tab_metrics, tab_compare, tab_prov = st.tabs(["Images", "Metrics", "Compare", "Provenance"])
+
+with tab_compare:
+    evidence.comparison_section(job, list(by_id.values()))
 
 with tab_metrics:
     frame = evidence.one_metric_version(queries.metrics_frame(job_ids=[job_id]), key="detail_metric_version")

@@ -126,7 +126,43 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from db.session import init_db
+    from workers.compare import compare_jobs
+
+    init_db()
+    try:
+        table = compare_jobs(args.a, args.b, pixel=args.pixel, n_boot=args.resamples, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"job {args.a} (a) vs job {args.b} (b): a - b with its 95 % paired-bootstrap interval over test images "
+          f"({args.resamples} resamples, seed {args.seed}); DeLong's p for image AUROC; * = interval excludes 0")
+    for category, rows in table.groupby("category", sort=False):
+        print(f"\n{category}")
+        for r in rows.itertuples():
+            if r.note:
+                print(f"  {r.metric_label or '':<16} {r.note}")
+                continue
+            delong = f"  DeLong p = {r.delong_p:.3g}" if pd.notna(r.delong_p) else ""
+            print(f"  {r.metric_label:<16} {r.a:.4f} vs {r.b:.4f}  Δ {r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
+                  f"{' *' if r.significant else '  '}{delong}")
+    return 0
+
+
 def add_evidence_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="is one run's lead over another real? per category: paired bootstrap over "
+                                       "test images, DeLong for image AUROC")
+    p.add_argument("a", type=int, help="a job id")
+    p.add_argument("b", type=int, help="the job id to compare it with (same dataset)")
+    p.add_argument("--pixel", action="store_true",
+                   help="also pixel AUROC and AUPRO, from the stored maps and the dataset's masks (slower)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0: the same call, the same interval)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("reproduce", help="re-run a reproducibility bundle (iad export --bundle) and compare metrics")
     p.add_argument("bundle", help="a bundle zip written by `iad export --bundle` or the run detail page")
     p.add_argument("--root", help="where the dataset lives on this machine (default: the root the job ran on)")

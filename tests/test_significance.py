@@ -277,3 +277,32 @@ def test_board_evidence_for_pixel_metrics_says_where_intervals_are(url: str) -> 
     assert marked.cell("a (fast)", "bottle").endswith(sg.WITHIN_SEEDS) and sg.NOT_SIGNIFICANT not in marked.cell(
         "a (fast)", "bottle")
     assert evidence.ranks is None and ">= 3 methods" in evidence.rank_reason
+
+
+def test_export_marks_the_table_and_refuses_scores_that_do_not_give_its_numbers(url: str, capsys) -> None:
+    from dashboard.sample_data import Image, store_job
+    from workers.cli import main as iad
+
+    labels = (np.arange(40) < 15).astype(int)
+    rng = np.random.default_rng(0)
+    paths = [f"/d/{i}.png" for i in range(40)]
+    for seed in (0, 1):
+        base = rng.normal(size=40) + 1.5 * labels
+        for method, s in (("a", base), ("b", base + 0.05 * rng.normal(size=40)), ("c", rng.normal(size=40))):
+            images = [Image(p, int(y), "x", float(v)) for p, y, v in zip(paths, labels, s, strict=True)]
+            for category in ("bottle", "cable"):
+                store_job(method, "mvtec", "/d", category, seed, {"image_auroc": metrics.image_auroc(labels, s)},
+                          images)
+    argv = ["export", "--dataset", "mvtec", "--metric", "image_auroc", "--format", "md", "--significance"]
+    assert iad(argv) == 0
+    out, err = capsys.readouterr()
+    assert sg.NOT_SIGNIFICANT in out and "not significantly better than the second" in out
+    assert "Friedman over 2 classes and 3 methods" in err
+    assert iad([*argv[:-2], "latex", "--significance"]) == 0
+    latex = capsys.readouterr().out
+    assert r"$\approx$" in latex and "≈" not in latex
+    # A stored value the scores do not give (as after a re-score against another ground truth): no interval.
+    store_job("a", "mvtec", "/d", "bottle", 1, {"image_auroc": 0.5}, images)  # re-run replaces seed 1 of a
+    assert iad(argv) == 0
+    out, err = capsys.readouterr()
+    assert "do not reproduce the table's image_auroc" in err

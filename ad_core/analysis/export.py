@@ -29,7 +29,8 @@ def latex_escape(text: str) -> str:
     text = _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
     # Unicode the default pdflatex setup cannot typeset.
     return (text.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("⚠", r"$^\ddagger$")
-            .replace("–", "--").replace("≤", r"$\leq$").replace("≥", r"$\geq$").replace("−", "-"))
+            .replace("–", "--").replace("≤", r"$\leq$").replace("≥", r"$\geq$").replace("−", "-")
+            .replace("≈", r"$\approx$"))
 
 
 # Names as papers print them (LaTeX rows and caption); methods and datasets not listed keep their own name.

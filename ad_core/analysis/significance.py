@@ -45,6 +45,7 @@ ALPHA = 0.05
 N_BOOT = 2000
 BOOT_SEED = 0
 N_THRESHOLDS = 1000
+STORED_TOLERANCE = 1e-6  # recomputed from the stored scores vs the stored metric value
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "aupro")
 POSTHOCS = ("nemenyi", "wilcoxon-holm")
@@ -474,7 +475,15 @@ def board_evidence(
                 if isinstance(groups, str):
                     reason = reason or groups
                     continue
-                out[variant] = paired_bootstrap(groups, board.metric, n_boot, seed, 1 - alpha)
+                diff = paired_bootstrap(groups, board.metric, n_boot, seed, 1 - alpha)
+                # The scores must give the table's own numbers; they do not when the table's metrics were
+                # re-scored against another ground truth than the labels stored with the scores.
+                if (abs(diff.a - board.mean.at[top, column]) > STORED_TOLERANCE
+                        or abs(diff.b - board.mean.at[variant, column]) > STORED_TOLERANCE):
+                    reason = reason or (f"the stored per-image scores of {column} do not reproduce the table's "
+                                        f"{board.metric} (re-scored against another ground truth?): no interval")
+                    continue
+                out[variant] = diff
             vs_best[column] = out
     ranks, rank_reason = None, ""
     try:

@@ -77,6 +77,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if getattr(board, "empty_groups", None):
         print(f"note: no class in the {' and '.join(board.empty_groups)} group ({board.grouping.describe()}); "
               "those cells are empty", file=sys.stderr)
+    if args.significance:
+        if args.view != "leaderboard":
+            print("error: --significance applies to the leaderboard view only", file=sys.stderr)
+            return 2
+        from ad_core.analysis import significance
+
+        job_ids = board.seed_values["job_id"].dropna().astype(int).unique()
+        evidence = significance.board_evidence(board, results.image_scores_frame(job_ids))
+        if evidence.reason:
+            print(f"note: {evidence.reason}", file=sys.stderr)
+        if evidence.ranks is not None:
+            print(f"note: {evidence.ranks.summary()}", file=sys.stderr)
+        board = evidence.marked(board)
     if args.format == "latex":
         print("note: the table needs \\usepackage{booktabs} in the document's preamble", file=sys.stderr)
     text = export.render(board, args.format, transpose=args.categories_as_rows, efficiency=args.efficiency)
@@ -142,6 +155,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                                    "were recorded are native)")
     p.add_argument("--no-random", action="store_true", help="leave out runs with random backbone weights")
     p.add_argument("--categories-as-rows", action="store_true", help="categories in rows, methods in columns")
+    p.add_argument("--significance", action="store_true",
+                   help="mark best entries not significantly better than the second (paired bootstrap over test "
+                        "images, image metrics) or within the seed spread; print the Friedman/Nemenyi summary")
     p.add_argument("--efficiency", action="store_true", help="add images/s and training-time columns (latex, md)")
     p.add_argument("--view", default="leaderboard", choices=("leaderboard", "imbalance", "paper"),
                    help="leaderboard: methods x categories; imbalance: methods x head/medium/tail groups of "

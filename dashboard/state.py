@@ -1,6 +1,8 @@
 """What the dashboard pages *do*: build and submit job matrices, cancel, re-run, launch the demo.
 
 Pages only render; every action goes through here and through `db.queries` (no SQL in the dashboard).
+Every action takes the acting user (`actor`, default: this session's, `dashboard.auth.current_actor`) and is
+refused server-side (`db.accounts.AccessDenied`) when the role may not do it, whatever the page showed.
 Jobs are planned by `workers.planner.plan_jobs` and sent by `workers.celery_app.submit_jobs`, exactly as
 `iad submit` does: create the rows (all or none), publish one message per job, and cancel the rows again if
 the broker is unreachable so that no queued job waits for a message that will never come.
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ad_core.frame import LEGACY_FRAME
-from db import queries
+from db import accounts, queries
 from db.models import Job
 from workers.celery_app import SubmitError  # noqa: F401  (re-exported: pages catch state.SubmitError)
 from workers.planner import MatrixPlan, plan_jobs  # noqa: F401  (the one planner; pages plan through it)
@@ -55,18 +57,30 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def submit_matrix(requests: Sequence[queries.JobRequest], group_id: str | None = None) -> tuple[str, list[int]]:
+def _acting(actor: accounts.Actor | None, permission: str, what: str) -> accounts.Actor:
+    """`actor` (default: this session's user) if it holds `permission`; AccessDenied otherwise."""
+    if actor is None:
+        from dashboard.auth import current_actor
+
+        actor = current_actor()
+    accounts.require(actor, permission, what)
+    return actor
+
+
+def submit_matrix(requests: Sequence[queries.JobRequest], group_id: str | None = None,
+                  actor: accounts.Actor | None = None) -> tuple[str, list[int]]:
     """Create the jobs and send them to the broker, exactly as `iad submit`. Returns (group id, job ids)."""
     from workers.celery_app import submit_jobs
 
-    return submit_jobs(requests, group_id)
+    return submit_jobs(requests, group_id, actor=_acting(actor, "launch", "launch jobs"))
 
 
-def cancel(job_ids: Iterable[int]) -> dict[int, str]:
-    """Cancel queued/running jobs (database flag, plus a revoke where the broker supports it)."""
+def cancel(job_ids: Iterable[int], actor: accounts.Actor | None = None) -> dict[int, str]:
+    """Cancel queued/running jobs (database flag, plus a revoke where the broker supports it); researchers
+    cancel their own jobs, admins anyone's (the others come back 'refused: ...')."""
     from workers.celery_app import cancel_jobs
 
-    return cancel_jobs(list(job_ids))
+    return cancel_jobs(list(job_ids), actor=_acting(actor, "launch", "cancel jobs"))
 
 
 def expire_stale() -> int:
@@ -108,13 +122,19 @@ def copies_on_split(job_ids: Iterable[int], split: dict[str, Any]) -> tuple[list
     return requests, errors
 
 
-def rerun(job_ids: Iterable[int]) -> tuple[str, list[int]]:
-    """Submit fresh copies of these jobs (same config, seed and categories) in their own group."""
+def rerun(job_ids: Iterable[int], actor: accounts.Actor | None = None) -> tuple[str, list[int]]:
+    """Submit fresh copies of these jobs (same config, seed and categories) in their own group. Researchers
+    re-run their own jobs, admins anyone's."""
+    actor = _acting(actor, "launch", "re-run jobs")
     jobs = sorted(queries.list_jobs(job_ids=list(job_ids), limit=None), key=lambda j: j.id)
+    others = [j.id for j in jobs if not accounts.may_manage_job(actor, j.launched_by)]
+    if others:
+        raise accounts.AccessDenied(f"{actor.name} ({actor.role}) may not re-run job(s) "
+                                    f"{', '.join(map(str, others))} of other users: needs the admin role")
     groups = {j.group_id for j in jobs}
     # Re-runs of one matrix stay in it, so its "missing cells" and progress stay in one place.
     group = groups.pop() if len(groups) == 1 else None
-    return submit_matrix([request_of(j) for j in jobs], group_id=group)
+    return submit_matrix([request_of(j) for j in jobs], group_id=group, actor=actor)
 
 
 def _variant_key(job: Job) -> tuple:
@@ -159,11 +179,16 @@ def missing_cells(group_id: str) -> list[queries.JobRequest]:
     return cells
 
 
-def rerun_missing(group_id: str) -> list[int]:
+def rerun_missing(group_id: str, actor: accounts.Actor | None = None) -> list[int]:
+    actor = _acting(actor, "launch", "re-run jobs")
+    owners = {j.launched_by for j in queries.list_jobs(group_id=group_id, limit=None)}
+    if not all(accounts.may_manage_job(actor, owner) for owner in owners):
+        raise accounts.AccessDenied(f"{actor.name} ({actor.role}) may not fill in a matrix of other users: needs "
+                                    "the admin role")
     cells = missing_cells(group_id)
     if not cells:
         return []
-    return submit_matrix(cells, group_id=group_id)[1]
+    return submit_matrix(cells, group_id=group_id, actor=actor)[1]
 
 
 # --- the first-run demo ------------------------------------------------------------------------------------
@@ -205,10 +230,11 @@ def ensure_demo_dataset() -> Path:
     return make_demo_dataset(demo_root(), **DEMO_SIZES[demo_size()])
 
 
-def launch_demo() -> tuple[str, list[int]]:
+def launch_demo(actor: accounts.Actor | None = None) -> tuple[str, list[int]]:
     """Generate the demo dataset (if needed) and submit the demo comparison. Raises on invalid input."""
     from ad_core.data import DEMO_CATEGORIES
 
+    actor = _acting(actor, "launch", "launch the demo")
     root = ensure_demo_dataset()
     requests, errors = [], {}
     for method in demo_methods():
@@ -219,7 +245,7 @@ def launch_demo() -> tuple[str, list[int]]:
         errors.update(plan.errors)
     if errors or not requests:
         raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()) or "no demo method available")
-    return submit_matrix(requests)
+    return submit_matrix(requests, actor=actor)
 
 
 def database_is_empty() -> bool:
@@ -236,11 +262,12 @@ def annotation_sets(kind: str, root: str) -> list[Any]:
     return dba.list_sets(kind, root)
 
 
-def add_annotation_dataset(kind: str, root: str) -> tuple[str, str]:
+def add_annotation_dataset(kind: str, root: str, actor: accounts.Actor | None = None) -> tuple[str, str]:
     """Register a dataset folder for annotation (no run needed). Raises DatasetError when it cannot be read."""
     from ad_core.data import list_categories
     from db import annotations as dba
 
+    _acting(actor, "annotate", "add datasets for annotation")
     root = str(Path(root).expanduser().absolute())
     if not list_categories(kind, root):
         from ad_core.errors import DatasetError
@@ -251,41 +278,59 @@ def add_annotation_dataset(kind: str, root: str) -> tuple[str, str]:
 
 
 def save_annotation(kind: str, root: str, path: str, label: int, defect_type: str, mask: Any, source: str,
-                    detail: dict[str, Any], base_id: int | None, note: str = "") -> Any:
-    """Store a new version of one image's annotation (`db.annotations.save_annotation`)."""
+                    detail: dict[str, Any], base_id: int | None, note: str = "",
+                    actor: accounts.Actor | None = None) -> Any:
+    """Store a new version of one image's annotation (`db.annotations.save_annotation`), authored by `actor`."""
     from db import annotations as dba
 
-    return dba.save_annotation(kind, root, path, label, defect_type, mask, source=source, detail=detail,
-                               base_id=base_id, note=note)
+    actor = _acting(actor, "annotate", "annotate")
+    saved = dba.save_annotation(kind, root, path, label, defect_type, mask, source=source, detail=detail,
+                                base_id=base_id, note=note, author=actor.name)
+    accounts.audit(actor.name, "annotation saved", path, {"root": root, "label": label, "source": source})
+    return saved
 
 
-def revert_annotation(kind: str, root: str, path: str, to_version: int, base_id: int | None) -> Any:
+def revert_annotation(kind: str, root: str, path: str, to_version: int, base_id: int | None,
+                      actor: accounts.Actor | None = None) -> Any:
     from db import annotations as dba
 
-    return dba.revert(kind, root, path, to_version, base_id=base_id)
+    actor = _acting(actor, "annotate", "annotate")
+    saved = dba.revert(kind, root, path, to_version, author=actor.name, base_id=base_id)
+    accounts.audit(actor.name, "annotation reverted", path, {"root": root, "to_version": to_version})
+    return saved
 
 
-def create_annotation_set(kind: str, root: str, name: str, categories: Sequence[str] | None, note: str = "") -> Any:
+def create_annotation_set(kind: str, root: str, name: str, categories: Sequence[str] | None, note: str = "",
+                          actor: accounts.Actor | None = None) -> Any:
     from db import annotations as dba
 
-    return dba.create_set(kind, root, name, categories or None, note=note)
+    actor = _acting(actor, "annotate", "make annotation sets")
+    info = dba.create_set(kind, root, name, categories or None, author=actor.name, note=note)
+    accounts.audit(actor.name, "annotation set made", name, {"root": root})
+    return info
 
 
-def import_annotation_set(kind: str, root: str, data: bytes, file_name: str, name: str | None) -> Any:
+def import_annotation_set(kind: str, root: str, data: bytes, file_name: str, name: str | None,
+                          actor: accounts.Actor | None = None) -> Any:
     import io
 
     from db import annotations as dba
 
+    actor = _acting(actor, "annotate", "import annotation sets")
     buffer = io.BytesIO(data)
     buffer.name = file_name
-    return dba.import_set(kind, root, buffer, name=name or None)
+    result = dba.import_set(kind, root, buffer, name=name or None, author=actor.name)
+    accounts.audit(actor.name, "annotation set imported", file_name, {"root": root})
+    return result
 
 
-def export_annotation_set(set_id: int, include_train: bool = True) -> bytes:
+def export_annotation_set(set_id: int, include_train: bool = True, actor: accounts.Actor | None = None) -> bytes:
     import io
 
     from db import annotations as dba
 
+    actor = _acting(actor, "export", "export")
+    accounts.audit(actor.name, "annotation set exported", str(set_id))
     buffer = io.BytesIO()
     dba.export_set(set_id, buffer, include_train=include_train)
     return buffer.getvalue()

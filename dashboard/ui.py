@@ -62,6 +62,11 @@ def first_run_box() -> None:
             f"3 categories, 1 seed. {DEMO_DURATION.get(size, DEMO_DURATION['default'])} The leaderboard and "
             f"heatmaps fill in as jobs finish. Jobs run on a worker: `iad up` starts one together with this dashboard."
         )
+        from dashboard.auth import current_actor
+
+        if not current_actor().can("launch"):
+            st.info("Launching needs the researcher role: ask a researcher or an admin to run the demo.")
+            return
         if st.button("Generate demo data and launch the demo comparison", type="primary", key="launch_demo",
                      disabled=not methods):
             try:

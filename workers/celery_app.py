@@ -196,16 +196,36 @@ class SubmitError(RuntimeError):
     """The jobs could not be sent to the broker; they were cancelled so none waits forever."""
 
 
-def submit_jobs(requests: Sequence[queries.JobRequest], group_id: str | None = None) -> tuple[str, list[int]]:
+def _actor(actor: Any) -> Any:  # noqa: ANN401 (db.accounts.Actor)
+    """The given actor, else the local user where sign-in is off (AccessDenied where it is on: never anonymous)."""
+    from db import accounts
+
+    if actor is not None:
+        return actor
+    if accounts.sign_in_required():
+        raise accounts.AccessDenied("sign-in is required on this deployment: no anonymous actions")
+    return accounts.local_actor()
+
+
+def submit_jobs(
+    requests: Sequence[queries.JobRequest], group_id: str | None = None, actor: Any = None  # noqa: ANN401
+) -> tuple[str, list[int]]:
     """Create job rows and send one message each: the one submit path of the CLI and the dashboard.
 
-    Returns (group id, job ids). If the broker cannot be reached the new jobs are cancelled at once, so
-    no queued job is left that no message will ever start.
+    `actor` (`db.accounts.Actor`) must hold the launch permission; the jobs record their name and the audit
+    log the submission. Returns (group id, job ids). If the broker cannot be reached the new jobs are cancelled
+    at once, so no queued job is left that no message will ever start.
     """
+    from db import accounts
+
+    actor = _actor(actor)
+    accounts.require(actor, "launch", "launch jobs")
     if not requests:
         raise ValueError("nothing to submit")
     group_id = group_id or queries.new_group_id()
-    ids = queries.create_jobs(list(requests), group_id=group_id)
+    ids = queries.create_jobs(list(requests), group_id=group_id, launched_by=actor.name)
+    accounts.audit(actor.name, "jobs submitted", f"group {group_id}",
+                   {"jobs": ids, "methods": sorted({r.method for r in requests})})
     try:
         for job in sorted(queries.list_jobs(job_ids=ids, limit=None), key=lambda j: j.id):
             enqueue(job)
@@ -231,10 +251,20 @@ def revoke(task_ids: Iterable[str]) -> bool:
         return False
 
 
-def cancel_jobs(job_ids: Iterable[int]) -> dict[int, str]:
-    """Cancel on every broker: the database flag, plus a revoke of queued messages where supported."""
+def cancel_jobs(job_ids: Iterable[int], actor: Any = None) -> dict[int, str]:  # noqa: ANN401
+    """Cancel on every broker: the database flag, plus a revoke of queued messages where supported. Jobs the
+    actor may not manage (researchers: only their own; admins: any) are refused, not cancelled."""
+    from db import accounts
+
+    actor = _actor(actor)
+    accounts.require(actor, "launch", "cancel jobs")
     job_ids = list(job_ids)
-    outcome = queries.request_cancel(job_ids)
+    owners = {j.id: j.launched_by for j in queries.list_jobs(job_ids=job_ids, limit=None)}
+    refused = {j: f"refused: {actor.name} ({actor.role}) may not cancel job {j} of {owners[j]}"
+               for j in job_ids if j in owners and not accounts.may_manage_job(actor, owners[j])}
+    outcome = queries.request_cancel([j for j in job_ids if j not in refused]) if len(refused) < len(job_ids) else {}
+    outcome.update(refused)
+    accounts.audit(actor.name, "cancel", ", ".join(map(str, job_ids)), {"outcome": {str(k): v for k, v in outcome.items()}})
     cancelled = [j for j, o in outcome.items() if o == "cancelled"]
     if cancelled:
         revoke(job.task_id for job in queries.list_jobs(job_ids=cancelled, limit=None) if job.task_id)

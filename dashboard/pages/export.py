@@ -7,7 +7,8 @@ import re
 import streamlit as st
 
 from ad_core.analysis import export
-from dashboard import ui
+from dashboard import auth, ui
+from db import accounts
 
 st.title("Export")
 st.caption("The leaderboard view below (same filters as on the Leaderboard page) as a paper-ready table.")
@@ -29,13 +30,20 @@ csv = export.to_csv(board)
 markdown = export.to_markdown(board, transpose=view.transpose, efficiency=efficiency)
 stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{view.dataset}-{view.metric}")
 
+
+
+def exported(kind: str) -> None:
+    """The audit log records who exported what."""
+    accounts.audit(auth.current_actor().name, "table exported", f"{view.dataset} {view.metric}", {"format": kind})
+
+
 c1, c2, c3 = st.columns(3)
 c1.download_button("Download LaTeX", latex, file_name=f"{stem}.tex", mime="text/x-tex", key="ex_dl_latex",
-                   icon=":material/description:")
+                   icon=":material/description:", on_click=exported, args=("latex",))
 c2.download_button("Download CSV", csv, file_name=f"{stem}.csv", mime="text/csv", key="ex_dl_csv",
-                   icon=":material/table:")
+                   icon=":material/table:", on_click=exported, args=("csv",))
 c3.download_button("Download Markdown", markdown, file_name=f"{stem}.md", mime="text/markdown", key="ex_dl_md",
-                   icon=":material/article:")
+                   icon=":material/article:", on_click=exported, args=("md",))
 
 tab_latex, tab_md, tab_csv = st.tabs(["LaTeX", "Markdown", "CSV"])
 tab_latex.code(latex, language="latex")

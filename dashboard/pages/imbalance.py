@@ -23,7 +23,7 @@ from ad_core.analysis import leaderboard as lb
 from ad_core.catalog import DEFAULT_FRAME, METRICS
 from ad_core.splits import split_identity
 from dashboard import state, ui
-from db import queries
+from db import accounts, queries
 from db import results as db_results
 
 st.title("Imbalance")
@@ -269,7 +269,7 @@ else:
             else:
                 try:
                     group, ids = state.submit_matrix(requests)
-                except state.SubmitError as exc:
+                except (state.SubmitError, accounts.AccessDenied) as exc:
                     st.error(str(exc))
                 else:
                     st.session_state["flash"] = (f"Submitted {len(ids)} standard-split job(s) in group {group}; the "

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from ad_core.catalog import JOB_STATUSES
-from dashboard import state, ui
-from db import queries
+from dashboard import auth, state, ui
+from db import accounts, queries
 
 REFRESH_S = float(os.environ.get("IAD_DASHBOARD_REFRESH_S", 2.0))
 EXPIRE_EVERY_S = 15.0  # how often this page sweeps for jobs of lost workers
@@ -111,7 +111,10 @@ def matrix(group_id: str) -> None:
 
 live_jobs()
 
-# Actions run outside the fragment: a click reruns the whole page once.
+# Actions run outside the fragment: a click reruns the whole page once. Viewers and annotators see none
+# (and `dashboard.state` refuses them server-side anyway).
+if not auth.current_actor().can("launch"):
+    st.stop()
 st.subheader("Actions")
 jobs = queries.list_jobs(status=statuses or None, group_id=group, limit=int(limit))
 labels = {j.id: ui.job_label(j) for j in jobs}
@@ -136,7 +139,7 @@ try:
             done = f"Submitted {len(ids)} job(s) for the missing cells of {group}."
     else:
         c3.caption("Pick a group to re-run its missing cells.")
-except state.SubmitError as exc:
+except (state.SubmitError, accounts.AccessDenied) as exc:
     st.error(str(exc))
 if done:
     st.session_state["flash"] = done

@@ -4,7 +4,8 @@
 - `jobs`: submit, jobs, cancel, worker, migrate, up (the job system);
 - `export`: export (leaderboard tables from the results database, reproducibility bundles);
 - `evidence`: reproduce (re-run a bundle), rescore (metrics of stored runs under a new metric version);
-- `annotations`: annotation sets (list, make, export/import in MVTec layout, re-score runs against one).
+- `annotations`: annotation sets (list, make, export/import in MVTec layout, re-score runs against one);
+- `users`: accounts, roles, CLI tokens, the audit log, the sign-in setting.
 
 Every module imports its heavy dependencies (torch, the methods, the database, Celery) inside the
 commands, so that `iad --help` and `iad jobs` start without torch.
@@ -22,6 +23,7 @@ from workers.cli.core import add_core_commands
 from workers.cli.evidence import add_evidence_commands
 from workers.cli.export import add_export_command
 from workers.cli.jobs import add_job_commands, stop_process_group
+from workers.cli.users import add_user_commands
 
 __all__ = ["build_parser", "dispatch", "main", "stop_process_group"]
 
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_evidence_commands(sub)
     add_annotation_commands(sub)
+    add_user_commands(sub)
     return parser
 
 
@@ -49,7 +52,8 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # a reader that went away shows up here, not in Python's exit-time flush
         return code
-    except (ConfigError, DatasetError, WeightsError, AnnotationError) as exc:
+    except (ConfigError, DatasetError, WeightsError, AnnotationError, PermissionError) as exc:
+        # PermissionError: db.accounts.AccessDenied (a role may not do this, or sign-in is on and no IAD_TOKEN)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,12 +16,16 @@ from ad_core.catalog import EXPORT_FORMATS, METRICS
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ad_core.analysis import export
-    from db import results
+    from db import accounts, results
 
+    actor = accounts.cli_actor()
+    accounts.require(actor, "export", "export")
     if args.bundle:
         from workers.cli.evidence import write_bundles
 
-        return write_bundles(args.bundle, args.out)
+        code = write_bundles(args.bundle, args.out)
+        accounts.audit(actor.name, "bundles exported", ", ".join(map(str, args.bundle)), {"exit": code})
+        return code
     if not args.dataset or not args.metric:
         print("error: --dataset and --metric are required (except with --bundle)", file=sys.stderr)
         return 2
@@ -93,6 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "latex":
         print("note: the table needs \\usepackage{booktabs} in the document's preamble", file=sys.stderr)
     text = export.render(board, args.format, transpose=args.categories_as_rows, efficiency=args.efficiency)
+    accounts.audit(actor.name, "table exported", f"{args.dataset} {args.metric}", {"format": args.format})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

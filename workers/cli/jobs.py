@@ -48,13 +48,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     plan.raise_errors(methods)  # ConfigError/DatasetError naming the problem (and the method)
 
+    from db.accounts import cli_actor
     from db.session import init_db
 
     init_db()
     from workers.celery_app import SubmitError, submit_jobs
 
     try:
-        group_id, ids = submit_jobs(plan.requests, group_id=args.group)
+        group_id, ids = submit_jobs(plan.requests, group_id=args.group, actor=cli_actor())
     except SubmitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -97,14 +98,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from db.accounts import cli_actor
     from db.session import init_db
     from workers.celery_app import cancel_jobs
 
     init_db()
-    outcome = cancel_jobs(args.ids)
+    outcome = cancel_jobs(args.ids, actor=cli_actor())
     for job_id, result in outcome.items():
         print(f"{job_id}: {result}")
-    return 0 if all(r != "not found" for r in outcome.values()) else 1
+    return 0 if all(r != "not found" and not r.startswith("refused") for r in outcome.values()) else 1
 
 
 # --- iad migrate / worker / up ----------------------------------------------------------------------------
@@ -168,14 +170,26 @@ def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait()
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    import torch
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+
+def cmd_up(args: argparse.Namespace) -> int:
     from db.session import database_url, init_db
     from workers.settings import redact
 
     init_db()
     print(f"iad up: database {redact(database_url())}", flush=True)
+    from db import accounts
+
+    if args.host not in LOCAL_HOSTS:
+        # Served on the network: sign-in is required, and someone must be able to sign in.
+        if not accounts.has_admin():
+            print("iad up: refusing to serve the dashboard on the network without sign-in; add the first admin "
+                  "with: iad users add NAME --role admin", file=sys.stderr, flush=True)
+            return 2
+        accounts.set_sign_in_required(True, actor="iad up")
+    import torch
+
     queues = ["cpu", "gpu"] if torch.cuda.is_available() else ["cpu"]
     worker_cmd = [sys.executable, "-m", "workers.cli", "worker", "--queue", *queues]
     # Own process groups: Ctrl-C reaches only us, and we stop the children in order.
@@ -190,9 +204,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         ))
         print(f"iad up: dashboard on http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}",
               flush=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print("iad up: WARNING: the dashboard is served on the network and has no sign-in yet: anyone who "
-                  "reaches this port can launch and cancel jobs", file=sys.stderr, flush=True)
+        if args.host not in LOCAL_HOSTS:
+            print("iad up: sign-in required (served on the network); accounts: iad users list", flush=True)
+        elif accounts.sign_in_required():
+            print("iad up: sign-in required (set earlier; `iad users sign-in off` turns it off)", flush=True)
     else:
         print("iad up: no dashboard/app.py found; running the worker only", flush=True)
     for proc in procs:

@@ -32,29 +32,48 @@ def cmd_sets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acting(permission: str, what: str):  # noqa: ANN202 (db.accounts.Actor)
+    """The CLI's actor (`db.accounts.cli_actor`: IAD_TOKEN's owner where sign-in is on), if allowed."""
+    from db import accounts
+
+    actor = accounts.cli_actor()
+    accounts.require(actor, permission, what)
+    return actor
+
+
 def cmd_make_set(args: argparse.Namespace) -> int:
+    from db.accounts import audit
     from db.annotations import create_set
 
-    info = create_set(args.dataset, _root(args), args.name, args.category or None, note=args.note or "")
+    actor = _acting("annotate", "make annotation sets")
+    info = create_set(args.dataset, _root(args), args.name, args.category or None, author=actor.name,
+                      note=args.note or "")
+    audit(actor.name, "annotation set made", info.name, {"root": _root(args)})
     print(f"annotation set {info.name!r} (id {info.id}): {info.n_changed} image(s) differ from the dataset; "
           f"ground-truth version {info.gt_version}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from db.accounts import audit
     from db.annotations import export_set, get_set
 
+    actor = _acting("export", "export")
     info = get_set(args.set, args.dataset, _root(args))
     manifest = export_set(info.id, args.out, include_train=not args.no_train)
+    audit(actor.name, "annotation set exported", info.name, {"out": str(args.out)})
     print(f"wrote {args.out}: {len(manifest['entries'])} test images of {', '.join(manifest['categories'])}, "
           f"ground-truth version {manifest['gt_version']}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from db.accounts import audit
     from db.annotations import import_set
 
-    result = import_set(args.dataset, _root(args), args.file, name=args.name)
+    actor = _acting("annotate", "import annotation sets")
+    result = import_set(args.dataset, _root(args), args.file, name=args.name, author=actor.name)
+    audit(actor.name, "annotation set imported", str(args.file), {"root": _root(args)})
     print(f"imported {result.set.name!r} (id {result.set.id}): {result.new_versions} new version(s), {result.unchanged} "
           f"image(s) already as in the file; ground-truth version {result.set.gt_version}")
     return 0
@@ -64,6 +83,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from db.annotations import get_set
     from workers.annotations import rescore_against_set
 
+    _acting("launch", "re-score runs")
     info = get_set(args.set, args.dataset, _root(args))
     jobs = args.job or None
     if args.inline or args.dry_run:

@@ -97,10 +97,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from ad_core.catalog import METRIC_VERSION
+    from db import accounts
     from db.session import init_db
     from workers.rescore import rescore
 
     init_db()
+    accounts.require(accounts.cli_actor(), "launch", "re-score runs")
     jobs = args.job or None
     if args.inline or args.dry_run:
         def report(item) -> None:  # noqa: ANN001 (RescoreItem)

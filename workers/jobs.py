@@ -21,6 +21,7 @@ import traceback
 
 from db import artifacts, queries
 from db.session import init_db
+from workers import faults
 from workers.settings import heartbeat_seconds, progress_interval
 
 log = logging.getLogger("iad.worker")
@@ -44,6 +45,7 @@ class JobReporter:
         self._lock = threading.Lock()
 
     def progress(self, fraction: float, message: str, force: bool = False) -> None:
+        faults.checkpoint(message)  # inert unless IAD_FAULT_PAUSE is set (the fault campaign's tests)
         now = time.monotonic()
         if not force and now - self._last_write < self.interval:
             return

@@ -1,4 +1,5 @@
-"""Fault campaign (issue 17), on real worker processes: SIGKILL at each phase of a job.
+"""Fault campaign (issue 17), on real worker processes: SIGKILL at each phase of a job; Redis restarted while
+jobs are queued and running.
 
 The worker is stopped at a known point by `workers.faults` (IAD_FAULT_PAUSE=<phase> pauses it there and
 touches a marker file), killed with SIGKILL, and a fresh worker takes over. With IAD_MAX_ATTEMPTS=1 the job
@@ -9,8 +10,11 @@ or not at all, no map file of a dead attempt is left, and no temporary (half-wri
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-from contextlib import ExitStack
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import jobs_helpers as h
@@ -68,3 +72,72 @@ def test_worker_killed_at_each_phase(phase: str, max_attempts: str, tmp_path: Pa
             maps, paths = artifacts.load_map_file(run.maps_path, root=st.artifacts)
             assert len(maps) == len(paths) == 7
         assert [p for p in st.artifacts.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+@contextmanager
+def private_redis(port: int, workdir: Path) -> Iterator[Callable[[], None]]:
+    """A Redis server of our own (no persistence, as the project's machines run it); yields `restart()`,
+    which kills it with SIGKILL and starts an empty one on the same port."""
+    import redis
+
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        procs.append(subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(workdir)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        h.wait_for(lambda: _pings(redis.Redis(port=port)), 20, "redis-server to answer", interval=0.1)
+
+    def restart() -> None:
+        procs[-1].kill()
+        procs[-1].wait()
+        start()
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (apt-get install redis-server)")
+        pytest.skip("redis-server is missing")
+    start()
+    try:
+        yield restart
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _pings(client) -> bool:  # noqa: ANN001
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.mark.redis
+def test_redis_restarted_while_jobs_are_queued_and_running(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGKILL Redis (no persistence: its queues vanish) while one job runs and three wait; an empty Redis
+    comes back on the same port. The worker reconnects, the running job finishes, the lost messages are
+    re-published (`recover_lost_messages`), and every job runs exactly once."""
+    port = h.free_port()
+    with ExitStack() as resources:
+        restart = resources.enter_context(private_redis(port, tmp_path))
+        st = h.make_stack("redis-sqlite", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}",
+                          f"redis://127.0.0.1:{port}/0", prefix="fault-", IAD_FAULT_PAUSE="fitting",
+                          IAD_FAULT_MARKER=str(tmp_path / "paused"), IAD_FAULT_PAUSE_S="6")
+        resources.callback(st.close)
+        tiny = h.make_tiny_demo(tmp_path / "tiny")
+        worker = st.start_worker()
+        st.wait_ready(worker)
+        common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
+        [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
+        h.wait_for((tmp_path / "paused").exists, 90, "the first job to be fitting")
+        queued = h.submit(st, monkeypatch, capsys, *common, "--category", "grass", "--seeds", "0", "1", "2")
+        restart()  # the three queued messages are gone with the old server
+        jobs = h.wait_final(st, [running, *queued], timeout=150)
+        assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
+        assert {jobs[j].attempts for j in jobs} == {1}  # none ran twice
+        for job_id in jobs:
+            assert queries.result_counts(job_id, url=st.db_url) == ROWS
+        log = h.read_log(worker)
+        assert "re-publishing them" in log
+        assert log.count("'succeeded'") == 4

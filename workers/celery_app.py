@@ -271,6 +271,41 @@ def cancel_jobs(job_ids: Iterable[int], actor: Any = None) -> dict[int, str]:  #
     return outcome
 
 
+def _ready_messages(queue: str) -> int:
+    """Messages waiting in `queue` on the broker (not counting those a worker holds unacknowledged)."""
+    with _connection() as conn:
+        _, count, _ = app.amqp.queues[queue](conn.default_channel).queue_declare(passive=False)
+    return int(count)
+
+
+def recover_lost_messages(grace_s: float = 10.0) -> list[int]:
+    """Re-publish the queued jobs of a queue whose broker holds fewer messages than it has jobs queued for more
+    than `grace_s` (a broker that restarted without persistence, e.g. Redis with `--save ""`, forgets its
+    queues). Every such job of that queue gets a new message: one whose old message survived then has two,
+    and the conditional claim (`db.queries.claim_job`) makes the second a no-op, so none runs twice. Workers
+    hold no queued job's message (prefetch 1 with late acks: the only unacked message is the running job's),
+    so fewer ready messages than queued jobs means lost messages. Returns the re-published job ids."""
+    import datetime as dt
+
+    from db.session import utcnow
+
+    cutoff = utcnow() - dt.timedelta(seconds=grace_s)
+    waiting: dict[str, list[Job]] = {}
+    for job in queries.list_jobs(status="queued", limit=None):
+        if job.created_at <= cutoff and not job.cancel_requested:
+            waiting.setdefault(job.queue, []).append(job)
+    republished = []
+    for queue, jobs in waiting.items():
+        if _ready_messages(queue) >= len(jobs):
+            continue
+        log.warning("queue %s holds fewer messages than its %d queued job(s): re-publishing them (broker "
+                    "restarted without persistence?)", queue, len(jobs))
+        for job in sorted(jobs, key=lambda j: j.id):
+            enqueue(job)
+            republished.append(job.id)
+    return republished
+
+
 def expire_stale_jobs() -> list[queries.ExpiredJob]:
     """`db.queries.expire_stale_jobs` with the ability to re-queue (when IAD_MAX_ATTEMPTS allows)."""
     expired = queries.expire_stale_jobs(requeue=enqueue)
@@ -289,7 +324,8 @@ def _after_fork(**_: object) -> None:
 
 
 class _Sweeper(threading.Thread):
-    """Expires stale jobs periodically from every worker, so a lost worker's job never stays `running`."""
+    """Expires stale jobs periodically from every worker, so a lost worker's job never stays `running`, and
+    re-publishes queued jobs whose messages a restarted broker lost (`recover_lost_messages`)."""
 
     def __init__(self) -> None:
         super().__init__(name="iad-lease-sweeper", daemon=True)
@@ -302,6 +338,10 @@ class _Sweeper(threading.Thread):
                 expire_stale_jobs()
             except Exception:
                 log.exception("expiring stale jobs failed")
+            try:
+                recover_lost_messages(grace_s=max(2 * interval, 5.0))
+            except Exception:  # the broker may be down right now; the next round tries again
+                log.warning("checking the queues for lost messages failed", exc_info=True)
             if self.stopped.wait(interval):
                 return
 

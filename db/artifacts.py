@@ -12,12 +12,15 @@ so a worker that lost its lease can never overwrite the files of the attempt tha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -40,6 +43,41 @@ def job_dir(job_id: int, attempt: int | None = None) -> str:
     return base if attempt is None else f"{base}/a{attempt}"
 
 
+class ArtifactStoreFull(OSError):
+    """The artifact store ran out of space (ENOSPC) or quota (EDQUOT) while a file was written."""
+
+
+@contextlib.contextmanager
+def _full_store_is_clear(root: Path, what: str) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT into ArtifactStoreFull, naming the store and the fix (other errors unchanged)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        full = ArtifactStoreFull(f"the artifact store {root} (IAD_ARTIFACTS) is full while writing {what}: free "
+                                 "space there or point IAD_ARTIFACTS at a larger disk; nothing of this job was kept")
+        full.errno = exc.errno
+        raise full from exc
+
+
+def _write_atomically(target: Path, root: Path, what: str, write: Callable[[IO[bytes]], object]) -> None:
+    """`write` into a temporary file next to `target`, fsync, rename: readers see the whole file or none, and
+    a failed or interrupted write leaves no temporary file behind."""
+    with _full_store_is_clear(root, what):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
 def save_maps(
     job_id: int, attempt: int, category: str, maps: np.ndarray, paths: Sequence[str], root: Path | None = None
 ) -> str:
@@ -49,17 +87,8 @@ def save_maps(
     root = root or artifacts_root()
     rel = f"{job_dir(job_id, attempt)}/{_safe(category)}.npz"
     target = root / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, maps=np.asarray(maps, dtype=np.float32), paths=np.asarray(list(paths), dtype=str))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(target, root, f"the maps of {category}", lambda handle: np.savez_compressed(
+        handle, maps=np.asarray(maps, dtype=np.float32), paths=np.asarray(list(paths), dtype=str)))
     return rel
 
 
@@ -67,17 +96,7 @@ def write_atomic(rel_path: str, data: bytes, root: Path | None = None) -> Path:
     """Write `data` to `rel_path` under the artifacts root atomically (temporary name, fsync, rename): a
     reader sees the whole file or none. Returns the absolute path."""
     target = (root or artifacts_root()) / rel_path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(target, root or artifacts_root(), rel_path, lambda handle: handle.write(data))
     return target
 
 

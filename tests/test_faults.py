@@ -141,3 +141,41 @@ def test_redis_restarted_while_jobs_are_queued_and_running(tmp_path: Path, monke
         log = h.read_log(worker)
         assert "re-publishing them" in log
         assert log.count("'succeeded'") == 4
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (needs the right to mount, as root in the project's containers)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): no way to fill a disk safely")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_artifact_store_fails_the_job_clearly_and_keeps_nothing(tmp_path: Path, monkeypatch) -> None:
+    from ad_core.runner import RunSpec
+    from workers.jobs import execute_job
+
+    url = f"sqlite:///{tmp_path / 'iad.sqlite'}"
+    tiny = h.make_tiny_demo(tmp_path / "tiny")
+    spec = RunSpec(method="patchcore", dataset="demo", root=str(tiny), categories=["brick"],
+                   backbone="tf_efficientnet_lite0", weights="random", overrides={"crop": 64, "resize": 64})
+    request = queries.JobRequest("patchcore", "demo", str(tiny), ["brick"], spec.validate().to_dict())
+    with small_filesystem(tmp_path / "full", "24k") as store:
+        monkeypatch.setenv("IAD_ARTIFACTS", str(store))
+        [job_id] = queries.create_jobs([request], url=url)
+        assert execute_job(job_id, url=url) == "failed"
+        job = queries.get_job(job_id, url=url)
+        assert (f"ArtifactStoreFull: the artifact store {store} (IAD_ARTIFACTS) is full while writing the maps of "
+                "brick: free space there") in job.message, job.message
+        assert queries.result_counts(job_id, url=url) == NO_ROWS
+        assert [p for p in store.rglob("*") if p.is_file()] == []  # no map and no temporary file
+    monkeypatch.setenv("IAD_ARTIFACTS", str(tmp_path / "roomy"))  # the same job with room: nothing else broke
+    [again] = queries.create_jobs([request], url=url)
+    assert execute_job(again, url=url) == "succeeded"
+    assert queries.result_counts(again, url=url) == ROWS

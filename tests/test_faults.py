@@ -13,6 +13,8 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -179,3 +181,74 @@ def test_a_full_artifact_store_fails_the_job_clearly_and_keeps_nothing(tmp_path:
     [again] = queries.create_jobs([request], url=url)
     assert execute_job(again, url=url) == "succeeded"
     assert queries.result_counts(again, url=url) == ROWS
+
+
+PG_BIN = Path("/usr/lib/postgresql") / (sorted(os.listdir("/usr/lib/postgresql"))[-1] if Path(
+    "/usr/lib/postgresql").is_dir() else "none") / "bin"
+
+
+@contextmanager
+def private_postgres(port: int) -> Iterator[Callable[[float], None]]:
+    """A PostgreSQL cluster of our own on `port` (initdb as the postgres user: the server refuses root); yields
+    `restart(down_s)`, a fast shutdown, `down_s` seconds away, and a start."""
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL's binaries are missing under {PG_BIN}")
+        pytest.skip("PostgreSQL is not installed")
+    # Outside pytest's tmp folder, which only root may enter.
+    workdir = Path(tempfile.mkdtemp(prefix="iad-pg-"))
+    shutil.chown(workdir, "postgres")
+    data = workdir / "pgdata"
+
+    def as_postgres(*argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True, timeout=120)
+
+    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(workdir / "pg.log"), "start"]
+    stop = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
+    as_postgres(*start)
+
+    def restart(down_s: float) -> None:
+        as_postgres(*stop)
+        time.sleep(down_s)
+        as_postgres(*start)
+
+    try:
+        yield restart
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", *stop], capture_output=True, timeout=120)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("phase", ["fitting", "writing"])
+def test_postgres_restarted_mid_run(phase: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The results database goes away for 6 s while a job fits, or just as it stores its results (the worker
+    resumes from its pause 2 s into the outage), and comes back: progress is skipped meanwhile, the final
+    transaction is retried until the database answers, the job succeeds once, and a job queued meanwhile runs."""
+    port = h.free_port()
+    with ExitStack() as resources:
+        restart = resources.enter_context(private_postgres(port))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        st = h.make_stack("postgres", tmp_path / "home", url, IAD_FAULT_PAUSE=phase,
+                          IAD_FAULT_MARKER=str(tmp_path / "paused"), IAD_FAULT_PAUSE_S="2",
+                          IAD_LEASE_SECONDS="30")
+        resources.callback(st.close)
+        tiny = h.make_tiny_demo(tmp_path / "tiny")
+        worker = st.start_worker()
+        st.wait_ready(worker)
+        common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
+        [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
+        [queued] = h.submit(st, monkeypatch, capsys, *common, "--category", "grass")
+        h.wait_for((tmp_path / "paused").exists, 90, f"the first job to reach {phase}")
+        restart(6.0)
+        jobs = h.wait_final(st, [running, queued], timeout=120)
+        assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
+        assert {jobs[j].attempts for j in jobs} == {1}
+        for job_id in jobs:
+            assert queries.result_counts(job_id, url=st.db_url) == ROWS
+        log = h.read_log(worker)
+        assert "the database is unreachable" in log  # the outage was seen, and ridden out
+        if phase == "writing":
+            assert f"job {running}: storing results: the database is unreachable" in log

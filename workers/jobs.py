@@ -7,7 +7,9 @@ own. Guarantees (see `db.queries` for the database side):
   is read at most twice a second, and a background thread refreshes the heartbeat every
   `IAD_HEARTBEAT_SECONDS`, so the lease never expires for a slow-but-alive job;
 - maps are written to files first; then all result rows and `succeeded` go in ONE transaction; on
-  failure or cancellation this attempt's map files are deleted and no result row exists.
+  failure or cancellation this attempt's map files are deleted and no result row exists;
+- while the database is unreachable (a PostgreSQL restart), progress is skipped and the writes that end
+  the job are retried for `IAD_DB_RETRY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from db import artifacts, queries
 from db.session import init_db
 from workers import faults
-from workers.settings import heartbeat_seconds, progress_interval
+from workers.settings import db_retry_seconds, heartbeat_seconds, progress_interval
+
+T = TypeVar("T")
 
 log = logging.getLogger("iad.worker")
 
@@ -55,7 +63,14 @@ class JobReporter:
             history = force or fraction - last_p >= HISTORY_MIN_STEP or now - last_t >= HISTORY_MAX_GAP_S
             if history:
                 self._last_history = (fraction, now)
-            if not queries.report_progress(self.job_id, self.attempt, fraction, message, history=history, url=self.url):
+            try:
+                ours = queries.report_progress(self.job_id, self.attempt, fraction, message, history=history,
+                                               url=self.url)
+            except OperationalError as exc:  # the database is away: progress is best effort, the job goes on
+                log.warning("job %s: progress not recorded, the database is unreachable (%s)", self.job_id,
+                            type(exc.orig).__name__ if exc.orig is not None else exc)
+                return
+            if not ours:
                 self.lost = True
 
     def should_cancel(self, force: bool = False) -> bool:
@@ -64,7 +79,13 @@ class JobReporter:
         now = time.monotonic()
         if force or now - self._last_check >= CANCEL_CHECK_INTERVAL_S:
             self._last_check = now
-            self._cancel = queries.cancel_requested(self.job_id, url=self.url)
+            try:
+                self._cancel = queries.cancel_requested(self.job_id, url=self.url)
+            except OperationalError:  # the database is away: go on; the next check (or the final claim) decides
+                if force:
+                    self._cancel = retry_while_database_away(
+                        f"job {self.job_id}: reading the cancel flag",
+                        lambda: queries.cancel_requested(self.job_id, url=self.url))
         return self._cancel
 
 
@@ -82,7 +103,10 @@ class Heartbeat(threading.Thread):
                 if not queries.heartbeat(self.reporter.job_id, self.reporter.attempt, url=self.reporter.url):
                     self.reporter.lost = True
                     return
-            except Exception:  # a database hiccup must not kill the thread; the next beat may succeed
+            except OperationalError as exc:  # the database is away: the next beat may succeed
+                log.warning("heartbeat of job %s not recorded, the database is unreachable (%s)",
+                            self.reporter.job_id, type(exc.orig).__name__ if exc.orig is not None else exc)
+            except Exception:  # nothing may kill the thread; the next beat may succeed
                 log.exception("heartbeat of job %s failed", self.reporter.job_id)
 
     def stop(self) -> None:
@@ -96,6 +120,23 @@ def format_error(exc: BaseException) -> str:
     first = str(exc) if isinstance(exc, ConfigError | DatasetError | WeightsError) else f"{type(exc).__name__}: {exc}"
     first = first.strip().splitlines()[0] if first.strip() else type(exc).__name__
     return f"{first}\n\n{''.join(traceback.format_exception(exc))}"
+
+
+def retry_while_database_away(what: str, write: Callable[[], T]) -> T:
+    """`write()`, retried with backoff for `db_retry_seconds()` while the database is unreachable (a restart,
+    a failover): the writes that end a job are each one transaction, so a failed try left nothing."""
+    deadline = time.monotonic() + db_retry_seconds()
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the database is unreachable (%s); retrying in %.1f s", what,
+                        type(exc.orig).__name__ if exc.orig is not None else exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def execute_job(job_id: int, worker: str | None = None, url: str | None = None) -> str:
@@ -165,7 +206,12 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
             )
             for u in result.units
         ]
-        if not queries.complete_job(job_id, attempt, outcomes, result.provenance, result.config, units, url=url):
+        stored = retry_while_database_away(
+            f"job {job_id}: storing results",
+            lambda: queries.complete_job(job_id, attempt, outcomes, result.provenance, result.config, units, url=url))
+        if not stored and _succeeded(job_id, attempt, url):
+            stored = True  # an earlier try committed, but its answer was lost with the connection
+        if not stored:
             artifacts.delete_job_maps(job_id, attempt)
             log.warning("job %s attempt %s finished but the job is no longer ours; results discarded", job_id, attempt)
             return "lost"
@@ -180,7 +226,9 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
     except Exception as exc:
         artifacts.delete_job_maps(job_id, attempt)
         log.exception("job %s failed", job_id)
-        queries.fail_job(job_id, attempt, format_error(exc), url=url)
+        error = format_error(exc)
+        retry_while_database_away(f"job {job_id}: recording the failure",
+                                  lambda: queries.fail_job(job_id, attempt, error, url=url))
         return "failed"
     except BaseException as exc:  # KeyboardInterrupt/SystemExit: the worker is being stopped mid-job
         artifacts.delete_job_maps(job_id, attempt)
@@ -188,6 +236,11 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
         raise
     finally:
         beat.stop()
+
+
+def _succeeded(job_id: int, attempt: int, url: str | None) -> bool:
+    job = queries.get_job(job_id, url=url)
+    return job is not None and job.status == "succeeded" and job.attempts == attempt
 
 
 def worker_name() -> str:

@@ -70,5 +70,11 @@ def redact(url: str) -> str:
         return url.split("@")[-1]
 
 
+def db_retry_seconds() -> float:
+    """How long a worker keeps retrying the writes that end a job while the database is unreachable
+    (IAD_DB_RETRY_SECONDS, default 120): a restart of PostgreSQL costs a wait, not a job."""
+    return float(os.environ.get("IAD_DB_RETRY_SECONDS", 120))
+
+
 def progress_interval() -> float:
     return float(os.environ.get("IAD_PROGRESS_INTERVAL_S", 0.5))

@@ -170,6 +170,17 @@ def maps_to_frame(maps: np.ndarray, placements: list[Placement], size: int) -> n
     return np.stack([map_to_frame(m, p, size) for m, p in zip(maps, placements, strict=True)])
 
 
+def mask_pixels(mask: Image.Image) -> np.ndarray:
+    """A ground-truth mask image of any mode as bool [H, W]: every non-zero pixel is anomalous.
+
+    The one reading rule for dataset masks (`ad_core.data.read_mask`) and annotation masks
+    (`ad_core.annotations.read_mask_file`): 0/255, 0/254 and 0/1 masks mean the same ground truth (a
+    mid-grey threshold would read a 0/1 mask as all-normal). Colour masks count through their luminance
+    ('L'), so an alpha channel never marks pixels; 16-bit values above 255 stay non-zero.
+    """
+    return np.asarray(mask.convert("L"), dtype=np.uint8) != 0
+
+
 def mask_to_frame(mask: Image.Image, size: int) -> np.ndarray:
     """A full-resolution binary mask ('L', 0/255) -> bool [size, size] (nearest neighbour)."""
     from PIL import Image

@@ -21,7 +21,7 @@ import traceback
 
 from db import artifacts, queries
 from db.session import init_db
-from workers.settings import heartbeat_seconds, progress_interval
+from workers.settings import check_data_root, heartbeat_seconds, progress_interval
 
 log = logging.getLogger("iad.worker")
 
@@ -137,6 +137,9 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
         ))
 
     try:
+        # This host's IAD_DATA_ROOTS decides too: a job row written past the planner (or on another host with
+        # another policy) must not make this worker read outside them.
+        check_data_root(job.dataset.root)
         # The stored config is complete: it is rebuilt as it is (paths and GPUs are validated again on this host).
         ground_truth = None
         if job.gt_version and job.gt_version != DEFAULT_GT_VERSION:

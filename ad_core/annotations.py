@@ -107,8 +107,8 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 
 
 def read_mask_file(path: str | Path | IO[bytes]) -> np.ndarray:
-    """A mask image (any mode) as bool [H, W] (non-zero is defect, `ad_core.frame.mask_pixels`, as
-    `ad_core.data.read_mask`)."""
+    """A mask image (any mode) as bool [H, W], read as `ad_core.data.read_mask` reads dataset masks
+    (`ad_core.frame.mask_pixels`: above half the mask's maximum is defect, so 0/1 and 0/255 agree)."""
     from ad_core.frame import mask_pixels
 
     try:

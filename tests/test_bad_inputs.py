@@ -10,6 +10,7 @@ docs/bad-inputs.md lists each input with the test that covers it.
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,30 @@ def test_masks_stored_as_0_1_or_0_254_give_the_metrics_of_0_255(url: str, tiny_r
     assert all(metrics["0_255"][m] is not None for m in PIXEL_METRICS)
     assert metrics["0_1"] == pytest.approx(metrics["0_255"], abs=1e-12)
     assert metrics["0_254"] == pytest.approx(metrics["0_255"], abs=1e-12)
+
+
+def test_mask_rule_is_half_the_masks_maximum_and_unchanged_for_0_255_masks() -> None:
+    """The rule both mask readers share: 0/1 and 0/254 masks agree with 0/255; every mask that reaches 255
+    reads exactly as under the earlier fixed `> 127` threshold (stored results stay comparable)."""
+    from ad_core.annotations import read_mask_file
+    from ad_core.frame import mask_pixels
+
+    rng = np.random.default_rng(0)
+    shape = rng.random((32, 32)) > 0.7
+    for scale in (1, 254, 255):
+        assert np.array_equal(mask_pixels(Image.fromarray(shape.astype(np.uint8) * scale)), shape), scale
+    soft = rng.integers(0, 256, size=(32, 32), dtype=np.uint8)  # anti-aliased / lossy edges
+    soft[0, 0] = 255
+    assert np.array_equal(mask_pixels(Image.fromarray(soft)), soft > 127)
+    assert not mask_pixels(Image.fromarray(np.zeros((8, 8), np.uint8))).any()  # a good image's empty mask
+    assert np.array_equal(mask_pixels(Image.fromarray(shape.astype(np.uint16))), shape)  # 16-bit 0/1
+    rgba = Image.fromarray(shape.astype(np.uint8) * 255).convert("RGBA")
+    rgba.putalpha(255)  # opaque everywhere: the alpha channel marks nothing
+    assert np.array_equal(mask_pixels(rgba), shape)
+    buffer = io.BytesIO()
+    Image.fromarray(shape.astype(np.uint8)).save(buffer, format="PNG")
+    buffer.seek(0)
+    assert np.array_equal(read_mask_file(buffer), shape)  # annotation imports read 0/1 masks the same way
 
 
 def test_missing_ground_truth_folder_reports_pixel_metrics_as_null_with_a_note(

@@ -167,9 +167,9 @@ def read_image(path: str | Path) -> Image.Image:
 def read_mask(path: str | Path, expected_size: tuple[int, int]) -> Image.Image:
     """Read a ground-truth mask as a binary 'L' image (0/255) and check it matches its image's size (W, H).
 
-    Any non-zero pixel is anomalous: masks stored as 0/255, 0/254 or 0/1 (several datasets use 0/1, which
-    a mid-grey threshold would read as all-normal without a word) all mean the same ground truth
-    (`ad_core.frame.mask_pixels`). A mask of another size than its image is an error, never resized: it
+    Pixels above half the mask's own maximum are anomalous (`ad_core.frame.mask_pixels`): masks stored as
+    0/255, 0/254 or 0/1 (several datasets use 0/1, which a fixed mid-grey threshold read as all-normal
+    without a word) all mean the same ground truth, and 0/255 masks read exactly as before. A mask of another size than its image is an error, never resized: it
     means the ground truth does not line up with the image.
     """
     mask = _open_decoded(path, "mask")

@@ -107,12 +107,15 @@ def mask_to_png(mask: np.ndarray) -> bytes:
 
 
 def read_mask_file(path: str | Path | IO[bytes]) -> np.ndarray:
-    """A mask image (any mode) as bool [H, W] (> 127 is defect, as `ad_core.data.read_mask`)."""
+    """A mask image (any mode) as bool [H, W], read as `ad_core.data.read_mask` reads dataset masks
+    (`ad_core.frame.mask_pixels`: above half the mask's maximum is defect, so 0/1 and 0/255 agree)."""
+    from ad_core.frame import mask_pixels
+
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("L"), dtype=np.uint8) > 127
-    except (OSError, ValueError, SyntaxError) as exc:
+            return mask_pixels(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise AnnotationError(f"cannot read mask {getattr(path, 'name', path)}: {exc}") from exc
 
 

@@ -170,6 +170,22 @@ def maps_to_frame(maps: np.ndarray, placements: list[Placement], size: int) -> n
     return np.stack([map_to_frame(m, p, size) for m, p in zip(maps, placements, strict=True)])
 
 
+def mask_pixels(mask: Image.Image) -> np.ndarray:
+    """A ground-truth mask image of any mode as bool [H, W]: a pixel is anomalous when its value is more than
+    half of the largest value in that mask (an all-zero mask is all normal).
+
+    The one reading rule for dataset masks (`ad_core.data.read_mask`) and annotation masks
+    (`ad_core.annotations.read_mask_file`). 0/255, 0/254 and 0/1 masks mean the same ground truth (a fixed
+    mid-grey threshold read 0/1 masks, which several datasets use, as all-normal without a word). For every
+    mask that reaches 255 it is exactly the earlier `> 127` rule, so results stored before it are unchanged,
+    anti-aliased or lossy edges included. Colour masks count through their luminance ('L'), so an alpha
+    channel never marks pixels; 16-bit masks are clipped to 255 by that conversion, which keeps 0/1 at 0/1.
+    """
+    values = np.asarray(mask.convert("L"), dtype=np.uint8)
+    peak = int(values.max()) if values.size else 0
+    return values > peak / 2 if peak else np.zeros(values.shape, dtype=bool)
+
+
 def mask_to_frame(mask: Image.Image, size: int) -> np.ndarray:
     """A full-resolution binary mask ('L', 0/255) -> bool [size, size] (nearest neighbour)."""
     from PIL import Image

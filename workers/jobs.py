@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from db import artifacts, queries
 from db.session import init_db
 from workers import faults
-from workers.settings import db_retry_seconds, heartbeat_seconds, progress_interval
+from workers.settings import check_data_root, db_retry_seconds, heartbeat_seconds, progress_interval
 
 T = TypeVar("T")
 
@@ -180,6 +180,9 @@ def execute_job(job_id: int, worker: str | None = None, url: str | None = None) 
         ))
 
     try:
+        # This host's IAD_DATA_ROOTS decides too: a job row written past the planner (or on another host with
+        # another policy) must not make this worker read outside them.
+        check_data_root(job.dataset.root)
         # The stored config is complete: it is rebuilt as it is (paths and GPUs are validated again on this host).
         ground_truth = None
         if job.gt_version and job.gt_version != DEFAULT_GT_VERSION:

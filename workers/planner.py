@@ -100,6 +100,7 @@ def plan_jobs(
     from ad_core.errors import ConfigError, DatasetError, WeightsError
     from ad_core.frame import EvalFrame
     from ad_core.splits import SplitSpec
+    from workers.settings import check_data_root
 
     plan = MatrixPlan(errors=check_names(methods, dataset, preset))  # typos first: the cheap, common mistake
     if not methods:
@@ -120,6 +121,10 @@ def plan_jobs(
         frame_key = EvalFrame.parse(frame).key
     except ConfigError as exc:
         plan.errors["frame"] = str(exc)
+    try:  # where the data may live (IAD_DATA_ROOTS), before anything reads it
+        check_data_root(root)
+    except DatasetError as exc:
+        plan.errors["root"] = str(exc)
     if plan.errors:
         return plan
     # The expensive part (torch, the methods, the data on disk) only for a launch whose names are right.

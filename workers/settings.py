@@ -6,6 +6,9 @@
 - `IAD_HEARTBEAT_SECONDS` (default 10): how often a running task refreshes its lease.
 - `IAD_PROGRESS_INTERVAL_S` (default 0.5): minimum seconds between two progress writes of a job.
 - `IAD_LEASE_SECONDS` / `IAD_MAX_ATTEMPTS`: see `db.queries.expire_stale_jobs`.
+- `IAD_DATA_ROOTS`: folders (separated by `os.pathsep`, ':' on Linux) that dataset roots must lie in, checked
+  at submit (`workers.planner.plan_jobs`) and again by the worker before it reads anything. Unset or empty:
+  no restriction (the local, single-user case). See `check_data_root`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,32 @@ from pathlib import Path
 
 from ad_core.catalog import QUEUES
 from ad_core.home import app_home
+
+
+def data_roots() -> list[Path]:
+    """The allowed data roots from IAD_DATA_ROOTS, resolved (symlinks and `..`); [] means no restriction."""
+    raw = os.environ.get("IAD_DATA_ROOTS", "")
+    return [Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip()]
+
+
+def check_data_root(root: str | Path) -> Path:
+    """`root` resolved (symlinks and `..`); DatasetError when IAD_DATA_ROOTS is set and it lies outside.
+
+    The resolved path is what is compared, so neither a symlink pointing out of an allowed root nor a
+    `<allowed>/../elsewhere` path gets past it. Only the dataset root is checked: files inside it are read
+    as they are."""
+    from ad_core.errors import DatasetError
+
+    resolved = Path(root).expanduser().resolve()
+    allowed = data_roots()
+    if allowed and not any(resolved.is_relative_to(base) for base in allowed):
+        via = f" (resolves to {resolved})" if str(resolved) != str(Path(root).expanduser()) else ""
+        raise DatasetError(
+            f"dataset root {root}{via} is outside the allowed data roots "
+            f"(IAD_DATA_ROOTS={os.pathsep.join(str(a) for a in allowed)}); put the dataset under one of them "
+            "or add its folder to IAD_DATA_ROOTS"
+        )
+    return resolved
 
 
 def broker_url() -> str:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ad_core.errors import DatasetError
-from ad_core.frame import Placement, mask_to_frame, placement
+from ad_core.frame import Placement, mask_pixels, mask_to_frame, placement
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,36 +116,70 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Read an image as RGB (grayscale becomes 3-channel). Corrupt or truncated files raise DatasetError."""
+# 16-bit greyscale PNG/TIFF opens as one of these; Pillow's convert("RGB") clips them to 255 instead of
+# scaling, which turns a normal 16-bit image almost white, so they are scaled to 8 bits here first.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _open_decoded(path: str | Path, what: str) -> Image.Image:
+    """Open and fully decode an image or mask file; every way it can fail becomes a DatasetError naming it.
+
+    Pillow's own decompression-bomb guard applies (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 million pixels:
+    above it Pillow warns, above twice it raises). It raises on the header alone, before any pixel is
+    allocated, so a 20,000 x 20,000 file costs nothing but this error.
+    """
     try:
         with Image.open(path) as img:
             img.load()  # forces a full decode so that truncated files fail here, not inside a worker later
-            return img.convert("RGB")
+            return img.copy()
     except FileNotFoundError as exc:
-        raise DatasetError(f"image file not found: {path}") from exc
+        raise DatasetError(f"{what} file not found: {path}") from exc
+    except Image.DecompressionBombError as exc:  # an Exception, not an OSError: caught on its own
+        raise DatasetError(
+            f"{what} {path} is too large to read safely: {exc} Images this large are refused by Pillow's "
+            "decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS); downscale the file or remove it from the split."
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(
-            f"cannot read image {path}: {exc}. The file is corrupt or truncated; replace it or remove it from the split."
+            f"cannot read {what} {path}: {exc}. The file is corrupt or truncated; replace it or remove it from the split."
         ) from exc
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, the same way for every image of a split.
+
+    Greyscale ('L', '1', 16-bit) is repeated into three channels; 16-bit values are scaled by 1/257 so that
+    a 16-bit copy of an 8-bit image (v * 257) reads back exactly as the 8-bit one. Alpha ('RGBA', 'LA', 'P'
+    with transparency) is dropped, not composited: the stored colour is the image, as torchvision and the
+    MVTec AD tooling read it (`Image.convert("RGB")`). 16-bit RGB PNGs are already reduced to 8 bits by Pillow.
+    """
+    if img.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))  # uint8 2-D: 'L'
+    return img.convert("RGB")
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Read an image as 8-bit RGB (`_to_rgb`). Corrupt, truncated or oversized files raise DatasetError."""
+    return _to_rgb(_open_decoded(path, "image"))
+
+
 def read_mask(path: str | Path, expected_size: tuple[int, int]) -> Image.Image:
-    """Read a ground-truth mask as a binary 'L' image (0/255) and check it matches its image's size (W, H)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mask = img.convert("L")
-    except FileNotFoundError as exc:
-        raise DatasetError(f"mask file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot read mask {path}: {exc}. The file is corrupt or truncated.") from exc
+    """Read a ground-truth mask as a binary 'L' image (0/255) and check it matches its image's size (W, H).
+
+    Pixels above half the mask's own maximum are anomalous (`ad_core.frame.mask_pixels`): masks stored as
+    0/255, 0/254 or 0/1 (several datasets use 0/1, which a fixed mid-grey threshold read as all-normal
+    without a word) all mean the same ground truth, and 0/255 masks read exactly as before. A mask of another size than its image is an error, never resized: it
+    means the ground truth does not line up with the image.
+    """
+    mask = _open_decoded(path, "mask")
     if mask.size != tuple(expected_size):
         raise DatasetError(
             f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {expected_size[0]}x{expected_size[1]}; "
-            "masks must have the same size as their image"
+            "masks must have the same size as their image (a wrong-size mask is misaligned ground truth: "
+            "fix or replace the mask, or check that it is paired with the right image)"
         )
-    return mask.point(lambda v: 255 if v > 127 else 0)
+    return Image.fromarray(mask_pixels(mask).astype(np.uint8) * 255)  # uint8 2-D: mode 'L'
 
 
 @dataclass(frozen=True)

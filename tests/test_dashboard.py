@@ -430,3 +430,19 @@ def test_a_multi_class_jobs_categories_stay_short_in_tables() -> None:
     assert categories_text(["brick", "grass", "gravel", "moon"]) == "brick, grass, gravel, moon"
     ten = ["brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble", "ihc", "moon"]
     assert categories_text(ten) == "10 classes: brick, camera, chelsea, …"
+
+
+def test_an_unreachable_database_shows_one_message_not_a_traceback(iad_env: Path, monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("IAD_DATABASE_URL", f"postgresql+psycopg://iad:secret@127.0.0.1:{port}/iad")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, at.exception
+    [error] = at.error
+    assert error.value.startswith(f"The results database postgresql+psycopg://iad:***@127.0.0.1:{port}/iad is "
+                                  "unreachable (connection failed")
+    assert "reloads by itself" in error.value and "secret" not in error.value
+    assert any("next check in 5 s" in c.value for c in at.caption)

@@ -134,7 +134,9 @@ def rerun(job_ids: Iterable[int], actor: accounts.Actor | None = None) -> tuple[
     groups = {j.group_id for j in jobs}
     # Re-runs of one matrix stay in it, so its "missing cells" and progress stay in one place.
     group = groups.pop() if len(groups) == 1 else None
-    return submit_matrix([request_of(j) for j in jobs], group_id=group, actor=actor)
+    new_group, ids = submit_matrix([request_of(j) for j in jobs], group_id=group, actor=actor)
+    accounts.audit(actor.name, "re-run", ", ".join(str(j.id) for j in jobs), {"new_jobs": ids})
+    return new_group, ids
 
 
 def _variant_key(job: Job) -> tuple:
@@ -188,7 +190,9 @@ def rerun_missing(group_id: str, actor: accounts.Actor | None = None) -> list[in
     cells = missing_cells(group_id)
     if not cells:
         return []
-    return submit_matrix(cells, group_id=group_id, actor=actor)[1]
+    ids = submit_matrix(cells, group_id=group_id, actor=actor)[1]
+    accounts.audit(actor.name, "re-run missing cells", f"group {group_id}", {"new_jobs": ids})
+    return ids
 
 
 # --- the first-run demo ------------------------------------------------------------------------------------

@@ -252,3 +252,68 @@ def test_postgres_restarted_mid_run(phase: str, tmp_path: Path, monkeypatch, cap
         assert "the database is unreachable" in log  # the outage was seen, and ridden out
         if phase == "writing":
             assert f"job {running}: storing results: the database is unreachable" in log
+
+
+@contextmanager
+def private_rabbitmq(port: int) -> Iterator[Callable[[], None]]:
+    """A RabbitMQ node of our own (name, port, data folder) next to the project's; yields `restart()`: stop the
+    node and start it again on the same data (durable queues, persistent messages survive)."""
+    if shutil.which("rabbitmq-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("rabbitmq-server is missing")
+        pytest.skip("rabbitmq-server is missing")
+    base = Path(tempfile.mkdtemp(prefix="iad-rabbit-"))
+    (base / "plugins").write_text("[].\n")
+    (base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n")
+    subprocess.run(["chown", "-R", "rabbitmq", str(base)], check=False)
+    node = f"iadtest{port}@localhost"
+    env = {**os.environ, "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_PORT": str(port),
+           "RABBITMQ_DIST_PORT": str(port + 10000), "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+           "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_PID_FILE": str(base / "pid"),
+           "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf")}
+
+    def start() -> None:
+        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run(["rabbitmqctl", "-n", node, "wait", str(base / "pid"), "--timeout", "60"], env=env, check=True,
+                       capture_output=True, timeout=90)
+
+    def stop() -> None:
+        subprocess.run(["rabbitmqctl", "-n", node, "stop"], env=env, capture_output=True, timeout=60)
+
+    def restart() -> None:
+        stop()
+        start()
+
+    start()
+    try:
+        yield restart
+    finally:
+        stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_rabbitmq_restarted_while_jobs_are_queued_and_running(tmp_path: Path, monkeypatch, capsys) -> None:
+    """RabbitMQ stops and starts again while one job runs and three wait: durable queues and persistent
+    messages bring the waiting jobs back, the running job's unacknowledged message is delivered again and
+    skipped at claim time, and every job runs exactly once."""
+    port = h.free_port() % 20000 + 20000  # the distribution port (+10000) must stay a valid port
+    with ExitStack() as resources:
+        restart = resources.enter_context(private_rabbitmq(port))
+        st = h.make_stack("rabbitmq-sqlite", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}",
+                          f"amqp://guest:guest@127.0.0.1:{port}//", prefix="fault-", IAD_FAULT_PAUSE="fitting",
+                          IAD_FAULT_MARKER=str(tmp_path / "paused"), IAD_FAULT_PAUSE_S="6")
+        resources.callback(st.close)
+        tiny = h.make_tiny_demo(tmp_path / "tiny")
+        worker = st.start_worker()
+        st.wait_ready(worker)
+        common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
+        [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
+        h.wait_for((tmp_path / "paused").exists, 90, "the first job to be fitting")
+        queued = h.submit(st, monkeypatch, capsys, *common, "--category", "grass", "--seeds", "0", "1", "2")
+        restart()
+        jobs = h.wait_final(st, [running, *queued], timeout=150)
+        assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
+        assert {jobs[j].attempts for j in jobs} == {1}  # none ran twice
+        for job_id in jobs:
+            assert queries.result_counts(job_id, url=st.db_url) == ROWS
+        assert h.read_log(worker).count("'succeeded'") == 4

@@ -115,6 +115,32 @@ def _pings(client) -> bool:  # noqa: ANN001
         return False
 
 
+def _broker_restarted_mid_run(broker_url: str, restart: Callable[[], None], resources: ExitStack, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    """One job fitting (paused there 6 s), three queued; `restart()` the broker; every job must succeed exactly
+    once with its rows stored once. Returns the worker's log."""
+    st = h.make_stack("broker-restart", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}", broker_url,
+                      prefix="fault-", IAD_FAULT_PAUSE="fitting", IAD_FAULT_MARKER=str(tmp_path / "paused"),
+                      IAD_FAULT_PAUSE_S="6")
+    resources.callback(st.close)
+    tiny = h.make_tiny_demo(tmp_path / "tiny")
+    worker = st.start_worker()
+    st.wait_ready(worker)
+    common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
+    [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
+    h.wait_for((tmp_path / "paused").exists, 90, "the first job to be fitting")
+    queued = h.submit(st, monkeypatch, capsys, *common, "--category", "grass", "--seeds", "0", "1", "2")
+    restart()
+    jobs = h.wait_final(st, [running, *queued], timeout=150)
+    assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
+    assert {jobs[j].attempts for j in jobs} == {1}  # none ran twice
+    for job_id in jobs:
+        assert queries.result_counts(job_id, url=st.db_url) == ROWS
+    log = h.read_log(worker)
+    assert log.count("'succeeded'") == 4
+    return log
+
+
 @pytest.mark.redis
 def test_redis_restarted_while_jobs_are_queued_and_running(tmp_path: Path, monkeypatch, capsys) -> None:
     """SIGKILL Redis (no persistence: its queues vanish) while one job runs and three wait; an empty Redis
@@ -123,26 +149,9 @@ def test_redis_restarted_while_jobs_are_queued_and_running(tmp_path: Path, monke
     port = h.free_port()
     with ExitStack() as resources:
         restart = resources.enter_context(private_redis(port, tmp_path))
-        st = h.make_stack("redis-sqlite", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}",
-                          f"redis://127.0.0.1:{port}/0", prefix="fault-", IAD_FAULT_PAUSE="fitting",
-                          IAD_FAULT_MARKER=str(tmp_path / "paused"), IAD_FAULT_PAUSE_S="6")
-        resources.callback(st.close)
-        tiny = h.make_tiny_demo(tmp_path / "tiny")
-        worker = st.start_worker()
-        st.wait_ready(worker)
-        common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
-        [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
-        h.wait_for((tmp_path / "paused").exists, 90, "the first job to be fitting")
-        queued = h.submit(st, monkeypatch, capsys, *common, "--category", "grass", "--seeds", "0", "1", "2")
-        restart()  # the three queued messages are gone with the old server
-        jobs = h.wait_final(st, [running, *queued], timeout=150)
-        assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
-        assert {jobs[j].attempts for j in jobs} == {1}  # none ran twice
-        for job_id in jobs:
-            assert queries.result_counts(job_id, url=st.db_url) == ROWS
-        log = h.read_log(worker)
-        assert "re-publishing them" in log
-        assert log.count("'succeeded'") == 4
+        log = _broker_restarted_mid_run(f"redis://127.0.0.1:{port}/0", restart, resources, tmp_path, monkeypatch,
+                                        capsys)
+        assert "re-publishing them" in log  # the messages were lost, and recovered
 
 
 @contextmanager
@@ -299,21 +308,5 @@ def test_rabbitmq_restarted_while_jobs_are_queued_and_running(tmp_path: Path, mo
     port = h.free_port() % 20000 + 20000  # the distribution port (+10000) must stay a valid port
     with ExitStack() as resources:
         restart = resources.enter_context(private_rabbitmq(port))
-        st = h.make_stack("rabbitmq-sqlite", tmp_path / "home", f"sqlite:///{tmp_path / 'iad.sqlite'}",
-                          f"amqp://guest:guest@127.0.0.1:{port}//", prefix="fault-", IAD_FAULT_PAUSE="fitting",
-                          IAD_FAULT_MARKER=str(tmp_path / "paused"), IAD_FAULT_PAUSE_S="6")
-        resources.callback(st.close)
-        tiny = h.make_tiny_demo(tmp_path / "tiny")
-        worker = st.start_worker()
-        st.wait_ready(worker)
-        common = ["--method", "patchcore", "--dataset", "demo", "--root", str(tiny), *h.TINY_ARGS]
-        [running] = h.submit(st, monkeypatch, capsys, *common, "--category", "brick")
-        h.wait_for((tmp_path / "paused").exists, 90, "the first job to be fitting")
-        queued = h.submit(st, monkeypatch, capsys, *common, "--category", "grass", "--seeds", "0", "1", "2")
-        restart()
-        jobs = h.wait_final(st, [running, *queued], timeout=150)
-        assert {j: jobs[j].status for j in jobs} == dict.fromkeys(jobs, "succeeded"), h.read_log(worker)[-3000:]
-        assert {jobs[j].attempts for j in jobs} == {1}  # none ran twice
-        for job_id in jobs:
-            assert queries.result_counts(job_id, url=st.db_url) == ROWS
-        assert h.read_log(worker).count("'succeeded'") == 4
+        _broker_restarted_mid_run(f"amqp://guest:guest@127.0.0.1:{port}//", restart, resources, tmp_path,
+                                  monkeypatch, capsys)

@@ -42,6 +42,16 @@ def test_coreset_matches_reference():
     assert len(set(ours.tolist())) == 30  # greedy k-center never picks a point twice
 
 
+def test_pruned_coreset_matches_reference_on_clustered_features():
+    """The triangle-inequality pruning skips most points late in the loop; on clustered data (where it skips
+    the most) the selection is still exactly the unpruned algorithm's."""
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 64, generator=g) * 4
+    features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+    ours = approximate_greedy_coreset(features, 0.15, 32, 10, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(ours, reference_coreset(features, 0.15, 32, 10, seed=5))
+
+
 def test_coreset_covers_outliers():
     """k-center keeps far-away points: a cluster of 200 plus 3 outliers -> the outliers are in a 2% coreset."""
     g = torch.Generator().manual_seed(0)

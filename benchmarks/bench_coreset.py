@@ -13,7 +13,9 @@ Sides, all on the same features with the same ratio, 128-d random projection and
   distance column per step concatenated to the running minimum;
 - `before`: `ad_core.components.coreset.approximate_greedy_coreset` as it was before issue 16 (numpy GEMV over
   every point per step), kept here verbatim;
-- `ours`: the current `approximate_greedy_coreset` (triangle-inequality pruning of the per-step update).
+- `before_1t`: the same with BLAS pinned to one thread (as ours is);
+- `ours`: the current `approximate_greedy_coreset` (triangle-inequality pruning of the per-step update, one
+  BLAS thread).
 
 Quality is the coverage radius in the full feature space: the distance of every training patch to its
 nearest selected patch (faiss exact search), max and 99th percentile; lower is better. The sides run
@@ -97,11 +99,20 @@ def before_sampler(features: torch.Tensor, ratio: float, seed: int) -> np.ndarra
     return selected
 
 
+def before_one_thread_sampler(features: torch.Tensor, ratio: float, seed: int) -> np.ndarray:
+    """`before` with BLAS pinned to one thread, as ours is: how much of the gain is the pruning alone."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return before_sampler(features, ratio, seed)
+
+
 def ours_sampler(features: torch.Tensor, ratio: float, seed: int) -> np.ndarray:
     return approximate_greedy_coreset(features, ratio, 128, 10, generator=torch.Generator().manual_seed(seed))
 
 
-SIDES = {"official": official_sampler, "before": before_sampler, "ours": ours_sampler}
+SIDES = {"official": official_sampler, "before": before_sampler, "before_1t": before_one_thread_sampler,
+         "ours": ours_sampler}
 
 
 def coverage(features: np.ndarray, selected: np.ndarray) -> tuple[float, float]:
@@ -162,7 +173,7 @@ def main() -> None:
             times[side].append(time.perf_counter() - start)
             print(f"  {side}: {times[side][-1]:.1f} s", flush=True)
 
-    header = f"{'side':<10s}{'k':>8s}{'time s':>9s}{'vs official':>13s}{'vs before':>11s}{'max dist':>11s}{'p99 dist':>11s}"
+    header = f"{'side':<11s}{'k':>8s}{'time s':>9s}{'vs official':>13s}{'vs before':>11s}{'max dist':>11s}{'p99 dist':>11s}"
     print("\n" + header)
     print("-" * len(header))
     med = {side: statistics.median(t) for side, t in times.items()}
@@ -170,12 +181,12 @@ def main() -> None:
         radius, p99 = coverage(features, selections[side])
         vs_official = f"{med['official'] / med[side]:.2f}x" if "official" in med else "-"
         vs_before = f"{med['before'] / med[side]:.2f}x" if "before" in med else "-"
-        print(f"{side:<10s}{len(selections[side]):>8d}{med[side]:9.1f}{vs_official:>13s}{vs_before:>11s}"
+        print(f"{side:<11s}{len(selections[side]):>8d}{med[side]:9.1f}{vs_official:>13s}{vs_before:>11s}"
               f"{radius:11.3f}{p99:11.3f}")
     if {"before", "ours"} <= set(selections):
-        same = np.array_equal(selections["before"], selections["ours"])
+        same = np.array_equal(np.sort(selections["before"]), np.sort(selections["ours"]))
         print(f"\nours selects {'the same' if same else 'other'} patches as before "
-              f"({len(np.intersect1d(selections['before'], selections['ours']))} in common)")
+              f"({len(np.intersect1d(selections['before'], selections['ours']))} of {len(selections['ours'])} in common)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from ad_core.methods.base import ProgressFn
@@ -71,36 +72,40 @@ def approximate_greedy_coreset(
     distance = np.empty(n, dtype=np.float32)
     selected = np.empty(k, dtype=np.int64)
     report_every = max(1, k // 50)
-    for i in range(k):
-        idx = int(np.argmax(min_distance))
-        selected[i] = idx
-        centre, centre_norm = points[idx], sq_norms[idx]
-        m = n_starts + i
-        between = anchor_sq[:m] + centre_norm - 2 * (anchors[:m] @ centre)
-        np.sqrt(np.maximum(between, 0), out=anchor_distance[:m])
-        anchors[m], anchor_sq[m] = centre, centre_norm
-        np.take(anchor_distance, owner, out=owner_distance)
-        # A relative margin for the float32 rounding of both sides of the bound.
-        np.multiply(min_distance, np.float32(2 * (1 + 1e-4)), out=bound)
-        np.less(owner_distance, bound, out=may_move)
-        candidates = np.flatnonzero(may_move)
-        if len(candidates) > n // 4:  # gathering rows costs more than one pass over all of them
-            np.matmul(points, centre, out=distance)
-            distance *= -2
-            distance += sq_norms
-            distance += centre_norm
-            np.maximum(distance, 0, out=distance)
-            np.sqrt(distance, out=distance)
-            closer = np.flatnonzero(distance < min_distance)
-            min_distance[closer] = distance[closer]
-            owner[closer] = m
-        else:
-            near = sq_norms[candidates] + centre_norm - 2 * (np.take(points, candidates, axis=0) @ centre)
-            np.sqrt(np.maximum(near, 0, out=near), out=near)
-            closer = near < min_distance[candidates]
-            moved = candidates[closer]
-            min_distance[moved] = near[closer]
-            owner[moved] = m
-        if i % report_every == 0:
-            progress(i / k, f"coreset {i}/{k}")
+    # One BLAS thread: the per-step products are small (a few thousand rows once pruning starts), and
+    # waking threads for each costs more than it brings; on a busy machine multi-threaded BLAS was 1.2-2.3x
+    # slower here (benchmarks/bench_coreset.py).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i in range(k):
+            idx = int(np.argmax(min_distance))
+            selected[i] = idx
+            centre, centre_norm = points[idx], sq_norms[idx]
+            m = n_starts + i
+            between = anchor_sq[:m] + centre_norm - 2 * (anchors[:m] @ centre)
+            np.sqrt(np.maximum(between, 0), out=anchor_distance[:m])
+            anchors[m], anchor_sq[m] = centre, centre_norm
+            np.take(anchor_distance, owner, out=owner_distance)
+            # A relative margin for the float32 rounding of both sides of the bound.
+            np.multiply(min_distance, np.float32(2 * (1 + 1e-4)), out=bound)
+            np.less(owner_distance, bound, out=may_move)
+            candidates = np.flatnonzero(may_move)
+            if len(candidates) > n // 4:  # gathering rows costs more than one pass over all of them
+                np.matmul(points, centre, out=distance)
+                distance *= -2
+                distance += sq_norms
+                distance += centre_norm
+                np.maximum(distance, 0, out=distance)
+                np.sqrt(distance, out=distance)
+                closer = np.flatnonzero(distance < min_distance)
+                min_distance[closer] = distance[closer]
+                owner[closer] = m
+            else:
+                near = sq_norms[candidates] + centre_norm - 2 * (np.take(points, candidates, axis=0) @ centre)
+                np.sqrt(np.maximum(near, 0, out=near), out=near)
+                closer = near < min_distance[candidates]
+                moved = candidates[closer]
+                min_distance[moved] = near[closer]
+                owner[moved] = m
+            if i % report_every == 0:
+                progress(i / k, f"coreset {i}/{k}")
     return selected

@@ -67,7 +67,9 @@ def approximate_greedy_coreset(
     anchor_distance = np.empty(n_starts + k, dtype=np.float32)
     # Per-step buffers over all points (the pruning test is the only O(N) work left per step).
     owner_distance = np.empty(n, dtype=np.float32)
-    bound = np.empty(n, dtype=np.float32)
+    # 2 v with a relative margin for the float32 rounding of both sides of the bound; kept up to date with v.
+    slack = np.float32(2 * (1 + 1e-4))
+    bound = min_distance * slack
     may_move = np.empty(n, dtype=bool)
     distance = np.empty(n, dtype=np.float32)
     selected = np.empty(k, dtype=np.int64)
@@ -85,8 +87,6 @@ def approximate_greedy_coreset(
             np.sqrt(np.maximum(between, 0), out=anchor_distance[:m])
             anchors[m], anchor_sq[m] = centre, centre_norm
             np.take(anchor_distance, owner, out=owner_distance)
-            # A relative margin for the float32 rounding of both sides of the bound.
-            np.multiply(min_distance, np.float32(2 * (1 + 1e-4)), out=bound)
             np.less(owner_distance, bound, out=may_move)
             candidates = np.flatnonzero(may_move)
             if len(candidates) > n // 4:  # gathering rows costs more than one pass over all of them
@@ -98,6 +98,7 @@ def approximate_greedy_coreset(
                 np.sqrt(distance, out=distance)
                 closer = np.flatnonzero(distance < min_distance)
                 min_distance[closer] = distance[closer]
+                bound[closer] = distance[closer] * slack
                 owner[closer] = m
             else:
                 near = sq_norms[candidates] + centre_norm - 2 * (np.take(points, candidates, axis=0) @ centre)
@@ -105,6 +106,7 @@ def approximate_greedy_coreset(
                 closer = near < min_distance[candidates]
                 moved = candidates[closer]
                 min_distance[moved] = near[closer]
+                bound[moved] = near[closer] * slack
                 owner[moved] = m
             if i % report_every == 0:
                 progress(i / k, f"coreset {i}/{k}")

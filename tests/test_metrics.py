@@ -251,6 +251,25 @@ def test_pro_curve_is_the_reference_curve_without_collinear_points(ties):
     assert len(fpr) < len(reference)
 
 
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+def test_aupro_from_the_partial_ranking_equals_the_complete_curve(decimals):
+    """aupro sorts only the anomaly-free pixels above its cut (the (floor(x n) + 1)-th highest); its value
+    equals the area under the complete curve for limits between curve points, on points, and with heavy
+    ties at the cut (decimals=0: a handful of distinct scores shared by both classes)."""
+    masks, maps = blob_data(4, n_images=6, size=20)
+    if decimals is not None:
+        maps = np.round(maps, decimals)
+    fpr, pro = pro_curve(masks, maps)
+    n_negative = int((~masks).sum())
+    for limit in (1 / n_negative, 0.01, 0.05, 0.1, 0.3, 0.5, 0.9, 1.0, *fpr[1:6], *fpr[-6:-1]):
+        if limit <= 0:
+            continue
+        end = np.searchsorted(fpr, limit, side="right")
+        x = np.append(fpr[:end], limit)
+        y = np.append(pro[:end], np.interp(limit, fpr, pro))
+        assert aupro(masks, maps, limit) == pytest.approx(np.trapezoid(y, x) / limit, abs=1e-12), limit
+
+
 # ---------------------------------------------------------------------------------------------------------
 # compute_all
 

@@ -10,6 +10,7 @@ from ad_core.components import (
     NearestNeighbourScorer,
     PatchFeatures,
     approximate_greedy_coreset,
+    never_pool_up_maps,
     scores_to_prediction,
 )
 from ad_core.methods import ConfigError, get_method
@@ -39,6 +40,16 @@ def test_coreset_matches_reference():
     assert len(ours) == 30
     np.testing.assert_array_equal(ours, ref)
     assert len(set(ours.tolist())) == 30  # greedy k-center never picks a point twice
+
+
+def test_pruned_coreset_matches_reference_on_clustered_features():
+    """The triangle-inequality pruning skips most points late in the loop; on clustered data (where it skips
+    the most) the selection is still exactly the unpruned algorithm's."""
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 64, generator=g) * 4
+    features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+    ours = approximate_greedy_coreset(features, 0.15, 32, 10, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(ours, reference_coreset(features, 0.15, 32, 10, seed=5))
 
 
 def test_coreset_covers_outliers():
@@ -122,6 +133,61 @@ def test_patch_features_follow_the_official_aggregation_by_hand():
                 stage2 = _adaptive_average(hoods_up[i, j], 4)
                 expected = _adaptive_average(np.concatenate([stage1, stage2]), 3)
                 np.testing.assert_allclose(out[b, i, j].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _pairwise(features: torch.Tensor) -> torch.Tensor:
+    flat = features.reshape(-1, features.shape[-1]).double()
+    return torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def test_embedding_never_exceeds_efficientnet_lite0_patches():
+    """EfficientNet-Lite0's stages 2 and 3 have 40 and 112 channels: 360 and 1008 values per 3x3 patch. The
+    official pooling gives each stage 512 of 1024 values, so stage 2 is pooled up; never pooling up stores
+    it in its 360 values (872 in all) with the official pairwise distances."""
+    ours = PatchFeatures("tf_efficientnet_lite0", "random", embed_dim_policy="never_pool_up")
+    official = PatchFeatures("tf_efficientnet_lite0", "random", embed_dim_policy="official")
+    stage_values = [c * 9 for c in ours.backbone.channels]
+    assert stage_values == [360, 1008]
+    assert (ours.dim, official.dim) == (872, 1024)
+    assert ours.stage_maps[0].shape == (360, 360) and ours.stage_maps[1] is None
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours_out, official_out = ours(images), official(images)
+    assert ours_out.shape == (2, 8, 8, 872)
+    expected = _pairwise(official_out)
+    torch.testing.assert_close(_pairwise(ours_out), expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
+    # Stage 3 (1008 values, pooled down) is the official pooling itself.
+    torch.testing.assert_close(ours_out[..., 360:], official_out[..., 512:], rtol=0, atol=0)
+
+
+def test_embedding_is_official_where_the_official_code_pools_down():
+    """WideResNet-50's layer2 + layer3 (512 and 1024 channels: 4608 and 9216 values per patch) pool down: the
+    official 1024 values, bit-identical to the official policy's features on such channel counts."""
+    assert never_pool_up_maps([512 * 9, 1024 * 9], 1024, 1024) is None
+    assert never_pool_up_maps([128 * 9, 256 * 9], 1024, 1024) is None  # resnet18: 1152 and 2304 values
+    reduce = never_pool_up_maps([360, 1008], 1024, 1024)
+    assert reduce[0].shape == (360, 360) and reduce[1] is None
+    g = torch.Generator().manual_seed(0)
+    fine, coarse = torch.randn(1, 512, 6, 6, generator=g), torch.randn(1, 1024, 3, 3, generator=g)
+    outputs = []
+    for policy in ("never_pool_up", "official"):
+        pf = PatchFeatures("resnet18", "random", embed_dim_policy=policy)
+        pf.backbone = lambda images: [fine, coarse]
+        outputs.append(pf(torch.zeros(1, 3, 48, 48)))
+    assert outputs[0].shape == (1, 6, 6, 1024)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="embed_dim_policy"):
+        PatchFeatures("resnet18", "random", embed_dim_policy="up")
+
+
+def test_embed_dim_policy_config():
+    assert PatchCoreConfig.build().embed_dim_policy == "never_pool_up"
+    assert get_method("patchcore")(PatchCoreConfig.build("fast", weights="random")).describe()["embedding_dim"] == 872
+    # A config stored before the field existed was computed with the official sizes, and loads with them.
+    stored = PatchCoreConfig.build("fast").to_dict()
+    del stored["embed_dim_policy"]
+    assert PatchCoreConfig.from_dict(stored).embed_dim_policy == "official"
+    with pytest.raises(ConfigError, match="embed_dim_policy"):
+        PatchCoreConfig.build(embed_dim_policy="up")
 
 
 def test_config_presets_and_validation():

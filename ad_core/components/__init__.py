@@ -2,7 +2,8 @@
 
 One small module per kind of thing, each saying where it comes from (official code, paper):
 
-- `features`: backbone + PatchCore's locally aware patch features (`PatchFeatures`, `collect_patch_features`);
+- `features`: backbone + PatchCore's locally aware patch features (`PatchFeatures`, `collect_patch_features`,
+  `never_pool_up_maps`);
 - `coreset`: approximate greedy k-center coreset (`approximate_greedy_coreset`);
 - `scoring`: faiss nearest-neighbour patch scores against a memory bank (`NearestNeighbourScorer`) and the
   validation of the settings every patch-feature + memory-bank method shares (`check_patch_memory_bank`);
@@ -22,7 +23,12 @@ Nothing here may import `ad_core.methods` at import time (the methods import thi
 """
 
 from ad_core.components.coreset import approximate_greedy_coreset
-from ad_core.components.features import PatchFeatures, collect_patch_features
+from ad_core.components.features import (
+    EMBED_DIM_POLICIES,
+    PatchFeatures,
+    collect_patch_features,
+    never_pool_up_maps,
+)
 from ad_core.components.losses import ssim
 from ad_core.components.normalization import MAD_BETA, Renormalised, modified_z_score, robust_stats
 from ad_core.components.perlin import perlin_mask, perlin_noise
@@ -32,6 +38,7 @@ from ad_core.components.seg_losses import focal_loss, smooth_l1_loss
 from ad_core.components.textures import SKIMAGE_TEXTURES, TextureSource
 
 __all__ = [
+    "EMBED_DIM_POLICIES",
     "MAD_BETA",
     "SKIMAGE_TEXTURES",
     "NearestNeighbourScorer",
@@ -41,6 +48,7 @@ __all__ = [
     "approximate_greedy_coreset",
     "check_patch_memory_bank",
     "collect_patch_features",
+    "never_pool_up_maps",
     "focal_loss",
     "modified_z_score",
     "perlin_mask",

@@ -42,7 +42,9 @@ class NearestNeighbourScorer:
 
 def check_patch_memory_bank(config: Any) -> None:
     """ConfigError on bad values of the fields every patch-feature + memory-bank method shares
-    (coreset_ratio, patch_size, num_neighbors, nn_index, stages), with the same messages for each method."""
+    (coreset_ratio, patch_size, num_neighbors, nn_index, stages, embed_dim_policy), with the same messages for each
+    method."""
+    from ad_core.components.features import EMBED_DIM_POLICIES
     from ad_core.errors import ConfigError
 
     if not 0 < config.coreset_ratio <= 1:
@@ -55,3 +57,5 @@ def check_patch_memory_bank(config: Any) -> None:
         raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {config.nn_index!r}")
     if not config.stages:
         raise ConfigError("stages must name at least one backbone stage")
+    if config.embed_dim_policy not in EMBED_DIM_POLICIES:
+        raise ConfigError(f"embed_dim_policy must be one of {EMBED_DIM_POLICIES}, got {config.embed_dim_policy!r}")

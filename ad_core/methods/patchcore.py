@@ -7,6 +7,16 @@ Follows the official implementation (amazon-science/patchcore-inspection):
   the stage-3 patch grid is bilinearly upsampled (align_corners=False) to the stage-2 grid;
 - per stage, the flattened (C*3*3) patch vector is adaptive-average-pooled to `pretrain_embed_dim` (1024);
   the stages are stacked and pooled again to `target_embed_dim` (1024);
+- embedding size (`embed_dim_policy`). Paper / official code: always 1024 per stage, then 1024 (512 values per
+  stage). We do "never_pool_up" by default: a stage with fewer than 512 values per patch (C*3*3) is stored in
+  as many values as its official pooled vector has degrees of freedom, with the official pairwise distances
+  (an orthonormal change of basis, `ad_core.components.features`); stages that pool down keep the official
+  pooling. Why: for WideResNet-50 (4608 and 9216 values per patch) nothing changes (1024); for
+  EfficientNet-Lite0 (360 and 1008 values) the official code pools stage 2 up, adding no information while
+  the exact nearest-neighbour search, most of inference, costs in proportion to the dimension: 872 instead
+  of 1024, same distances, same full-bank metrics (benchmarks/bench_embed_dim.py, docs/speed.md).
+  `"official"` reproduces the official sizes for any backbone; stored configs from before this field load
+  with it (`PatchCoreConfig.from_dict`), so saved models keep their banks' size;
 - memory bank: approximate greedy coreset (k-center) on a 128-d random linear projection, with 10 random
   starting points, keeping `coreset_ratio` (10%) of the training patches;
 - scoring: faiss nearest neighbour search (k=1). As in the official code the patch score is the mean
@@ -61,6 +71,8 @@ class PatchCoreConfig(MethodConfig):
     patch_size: int = 3
     pretrain_embed_dim: int = 1024
     target_embed_dim: int = 1024
+    # "never_pool_up" (ours: cap both poolings at their input sizes) | "official" (always the sizes above).
+    embed_dim_policy: str = "never_pool_up"
     coreset_ratio: float = 0.1
     coreset_projection_dim: int = 128
     coreset_start_points: int = 10
@@ -76,6 +88,12 @@ class PatchCoreConfig(MethodConfig):
         # 1% coreset as used by the official ensemble models ("P001" configs).
         "ensemble": {"coreset_ratio": 0.01},
     }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        # Configs stored before `embed_dim_policy` existed were computed (and their banks built) with the
+        # official sizes.
+        return super().from_dict({"embed_dim_policy": "official", **values})
 
     def validate(self) -> None:
         super().validate()
@@ -96,6 +114,7 @@ class PatchCore(AnomalyModel):
             patch_size=config.patch_size,
             pretrain_embed_dim=config.pretrain_embed_dim,
             target_embed_dim=config.target_embed_dim,
+            embed_dim_policy=config.embed_dim_policy,
             device=self.device,
         )
         self.weights_source = self.features.backbone.weights_source
@@ -133,6 +152,11 @@ class PatchCore(AnomalyModel):
         b, h, w, d = grid.shape
         scores = self.scorer(grid.reshape(-1, d).cpu().numpy()).reshape(b, h, w)
         return scores_to_prediction(torch.from_numpy(scores), tuple(images.shape[-2:]), self.config.sigma)
+
+    def describe(self) -> dict[str, Any]:
+        # The size actually used (the config holds the requested sizes and the policy).
+        return {**super().describe(), "embedding_dim": self.features.dim,
+                "memory_bank_size": None if self.memory_bank is None else len(self.memory_bank)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory_bank": self.memory_bank}

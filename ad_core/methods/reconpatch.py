@@ -210,6 +210,9 @@ class ReConPatchConfig(MethodConfig):
     patch_size: int = 3
     pretrain_embed_dim: int = 1024
     target_embed_dim: int = 1024
+    # PatchCore's option (see its docstring); "official" here because f's input size and every ReConPatch
+    # number so far (docs/reconpatch-study.md) come from the official 1024 + 1024 pooling.
+    embed_dim_policy: str = "official"
     # --- memory bank and scoring (in f-space) ---
     coreset_ratio: float = 0.01
     coreset_projection_dim: int = 128
@@ -329,9 +332,10 @@ class _Member:
             patch_size=config.patch_size,
             pretrain_embed_dim=config.pretrain_embed_dim,
             target_embed_dim=config.target_embed_dim,
+            embed_dim_policy=config.embed_dim_policy,
             device=device,
         )
-        self.f = nn.Linear(config.target_embed_dim, repr_dim).to(device)
+        self.f = nn.Linear(self.features.dim, repr_dim).to(device)
         nn.init.orthogonal_(self.f.weight)
         self.g = nn.Linear(repr_dim, config.proj_dim).to(device)
         self.f_target = copy.deepcopy(self.f).requires_grad_(False)

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
+from dashboard import ui
 
 
 def bundle_button(job_id: int) -> None:
@@ -183,7 +184,6 @@ def comparison_section(job, others: list) -> None:  # noqa: ANN001 (db.models.Jo
     """Run detail's 'Compare' tab: this run against another on the shared categories, each metric's difference
     with its paired-bootstrap interval over the test images (and DeLong's p for image AUROC)."""
     from ad_core.analysis import significance
-    from dashboard import ui
 
     candidates = {j.id: j for j in others if j.id != job.id and j.dataset_id == job.dataset_id
                   and set(j.categories) & set(job.categories)}

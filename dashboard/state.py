@@ -3,6 +3,9 @@
 Pages only render; every action goes through here and through `db.queries` (no SQL in the dashboard).
 Every action takes the acting user (`actor`, default: this session's, `dashboard.auth.current_actor`) and is
 refused server-side (`db.accounts.AccessDenied`) when the role may not do it, whatever the page showed.
+
+Imports: dashboard modules are imported at module level, never inside an action. One first imported during a
+script run made Streamlit run the page again, and the Annotate page lost its "Saved version ..." message.
 Jobs are planned by `workers.planner.plan_jobs` and sent by `workers.celery_app.submit_jobs`, exactly as
 `iad submit` does: create the rows (all or none), publish one message per job, and cancel the rows again if
 the broker is unreachable so that no queued job waits for a message that will never come.
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ad_core.frame import LEGACY_FRAME
+from dashboard import auth  # here, not inside an action: see "Imports" in the module docstring
 from db import accounts, queries
 from db.models import Job
 from workers.celery_app import SubmitError  # noqa: F401  (re-exported: pages catch state.SubmitError)
@@ -60,9 +64,7 @@ def parse_seeds(text: str) -> list[int]:
 def _acting(actor: accounts.Actor | None, permission: str, what: str) -> accounts.Actor:
     """`actor` (default: this session's user) if it holds `permission`; AccessDenied otherwise."""
     if actor is None:
-        from dashboard.auth import current_actor
-
-        actor = current_actor()
+        actor = auth.current_actor()
     accounts.require(actor, permission, what)
     return actor
 

@@ -12,7 +12,7 @@ import streamlit as st
 
 from ad_core.analysis import leaderboard as lb
 from ad_core.catalog import DEFAULT_FRAME, METRICS
-from dashboard import state
+from dashboard import auth, state
 from dashboard.pages import REGISTRY
 from db import queries
 from db import results as db_results
@@ -62,9 +62,7 @@ def first_run_box() -> None:
             f"3 categories, 1 seed. {DEMO_DURATION.get(size, DEMO_DURATION['default'])} The leaderboard and "
             f"heatmaps fill in as jobs finish. Jobs run on a worker: `iad up` starts one together with this dashboard."
         )
-        from dashboard.auth import current_actor
-
-        if not current_actor().can("launch"):
+        if not auth.current_actor().can("launch"):
             st.info("Launching needs the researcher role: ask a researcher or an admin to run the demo.")
             return
         if st.button("Generate demo data and launch the demo comparison", type="primary", key="launch_demo",

@@ -278,31 +278,41 @@ def _ready_messages(queue: str) -> int:
     return int(count)
 
 
+_suspects: dict[str, set[int]] = {}  # per queue: old queued jobs seen while the broker held no message
+
+
 def recover_lost_messages(grace_s: float = 10.0) -> list[int]:
-    """Re-publish the queued jobs of a queue whose broker holds fewer messages than it has jobs queued for more
-    than `grace_s` (a broker that restarted without persistence, e.g. Redis with `--save ""`, forgets its
-    queues). Every such job of that queue gets a new message: one whose old message survived then has two,
-    and the conditional claim (`db.queries.claim_job`) makes the second a no-op, so none runs twice. Workers
-    hold no queued job's message (prefetch 1 with late acks: the only unacked message is the running job's),
-    so fewer ready messages than queued jobs means lost messages. Returns the re-published job ids."""
+    """Re-publish queued jobs whose messages a restarted broker lost (Redis with `--save ""` forgets its
+    queues). A queue counts as lost when, on two consecutive sweeps, the broker holds no message for it while
+    the same jobs, queued for more than `grace_s`, are still waiting: a message on its way to a worker is
+    claimed within milliseconds, so only lost messages survive the second look (workers prefetch one message,
+    the running job's). A re-published job whose old message survived after all has two; the conditional claim
+    (`db.queries.claim_job`) makes the second a no-op, so none runs twice. Returns the re-published job ids."""
     import datetime as dt
 
     from db.session import utcnow
 
     cutoff = utcnow() - dt.timedelta(seconds=grace_s)
-    waiting: dict[str, list[Job]] = {}
+    waiting: dict[str, set[int]] = {}
+    jobs: dict[int, Job] = {}
     for job in queries.list_jobs(status="queued", limit=None):
         if job.created_at <= cutoff and not job.cancel_requested:
-            waiting.setdefault(job.queue, []).append(job)
+            waiting.setdefault(job.queue, set()).add(job.id)
+            jobs[job.id] = job
     republished = []
-    for queue, jobs in waiting.items():
-        if _ready_messages(queue) >= len(jobs):
+    for queue in set(_suspects) | set(waiting):
+        ids = waiting.get(queue, set())
+        if not ids or _ready_messages(queue) > 0:
+            _suspects.pop(queue, None)
             continue
-        log.warning("queue %s holds fewer messages than its %d queued job(s): re-publishing them (broker "
-                    "restarted without persistence?)", queue, len(jobs))
-        for job in sorted(jobs, key=lambda j: j.id):
-            enqueue(job)
-            republished.append(job.id)
+        lost = ids & _suspects.get(queue, set())
+        _suspects[queue] = ids - lost
+        if lost:
+            log.warning("queue %s: %d queued job(s) have no message on the broker (restarted without "
+                        "persistence?): re-publishing them", queue, len(lost))
+            for job_id in sorted(lost):
+                enqueue(jobs[job_id])
+                republished.append(job_id)
     return republished
 
 

@@ -51,14 +51,18 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def require_server(name: str, host: str, port: int) -> None:
-    """Skip locally when a server is down; in CI a missing server is a failure, not a skip."""
-    if _reachable(host, port):
-        return
-    message = f"{name} is not reachable on {host}:{port} (start one there; `.ci/run` starts PostgreSQL, Redis and RabbitMQ when they are installed)"
+def missing(message: str) -> None:
+    """What a test does when a server, binary or capability it needs is absent: skip locally, fail in CI."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip locally when a server is down; in CI a missing server is a failure, not a skip."""
+    if not _reachable(host, port):
+        missing(f"{name} is not reachable on {host}:{port} (start one there; `.ci/run` starts PostgreSQL, Redis and "
+                "RabbitMQ when they are installed)")
 
 
 # --- databases ------------------------------------------------------------------------------------------

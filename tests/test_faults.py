@@ -96,9 +96,7 @@ def private_redis(port: int, workdir: Path) -> Iterator[Callable[[], None]]:
         start()
 
     if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing (apt-get install redis-server)")
-        pytest.skip("redis-server is missing")
+        h.missing("redis-server is missing (apt-get install redis-server)")
     start()
     try:
         yield restart
@@ -161,7 +159,7 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): no way to fill a disk safely")
+        h.missing(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): no way to fill a disk safely")
     try:
         yield path
     finally:
@@ -201,9 +199,7 @@ def private_postgres(port: int) -> Iterator[Callable[[float], None]]:
     """A PostgreSQL cluster of our own on `port` (initdb as the postgres user: the server refuses root); yields
     `restart(down_s)`, a fast shutdown, `down_s` seconds away, and a start."""
     if not (PG_BIN / "initdb").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL's binaries are missing under {PG_BIN}")
-        pytest.skip("PostgreSQL is not installed")
+        h.missing(f"PostgreSQL's binaries are missing under {PG_BIN}")
     # Outside pytest's tmp folder, which only root may enter.
     workdir = Path(tempfile.mkdtemp(prefix="iad-pg-"))
     shutil.chown(workdir, "postgres")
@@ -268,9 +264,7 @@ def private_rabbitmq(port: int) -> Iterator[Callable[[], None]]:
     """A RabbitMQ node of our own (name, port, data folder) next to the project's; yields `restart()`: stop the
     node and start it again on the same data (durable queues, persistent messages survive)."""
     if shutil.which("rabbitmq-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("rabbitmq-server is missing")
-        pytest.skip("rabbitmq-server is missing")
+        h.missing("rabbitmq-server is missing")
     base = Path(tempfile.mkdtemp(prefix="iad-rabbit-"))
     (base / "plugins").write_text("[].\n")
     (base / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n")

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from ad_core.analysis.leaderboard import Leaderboard, build_leaderboard, config_hash
 from ad_core.annotations import DEFAULT_GT_LABEL, DEFAULT_GT_VERSION
+from ad_core.components.scoring import scorer_label
 from ad_core.frame import frame_identity
 from ad_core.splits import split_identity
 from db.models import CategoryRun, Dataset, FitUnitRow, ImageResultRow, Job, MetricValue, RunRecord, Split
@@ -68,7 +69,8 @@ def jobs_frame(
 ) -> pd.DataFrame:
     """Succeeded jobs with what makes results comparable: config hash, split recipe (`split_key`, with its
     `split_label` and `protocol` text), evaluation frame (`eval_frame` key, `eval_frame_label`,
-    `eval_frame_protocol`; jobs from before frames were recorded are 'native'), weights."""
+    `eval_frame_protocol`; jobs from before frames were recorded are 'native'), weights, and the memory-bank
+    methods' nearest-neighbour search (`scorer`, e.g. "exact"; None for other methods)."""
     query = _job_filter(
         select(Job.id, Job.method, Job.preset, Job.seed, Job.device, Job.group_id, Dataset.kind, Dataset.root,
                Job.config, Job.split, Job.frame, RunRecord.random_weights, RunRecord.weights_source, Job.finished_at)
@@ -80,6 +82,7 @@ def jobs_frame(
         rows = s.execute(query).all()
     jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
     jobs["config_hash"] = [config_hash(c) for c in jobs["config"]]
+    jobs["scorer"] = [scorer_label(c) for c in jobs["config"]]
     identities = [split_identity(recipe) for recipe in jobs["split"]]
     jobs["split_key"] = [i[0] for i in identities]
     jobs["split_label"] = [i[1] for i in identities]

@@ -163,7 +163,7 @@ def test_leaderboard_shows_the_matrix_efficiency_and_chart(stored: dict) -> None
         assert pretrained[1].startswith("best − this: Δ +") and "paired bootstrap" in pretrained[1], pretrained
     assert hovers["isstad (fast) ⚠ random weights"] == [""] * 3  # random weights: not ranked, not compared
     efficiency = at.dataframe[0].value
-    assert {"images/s", "fit s / category"} <= set(efficiency.columns)
+    assert {"images/s", "fit s / category", "kNN search"} <= set(efficiency.columns)
     assert efficiency["images/s"].notna().all()
     assert "mean ± std over 2 seeds" in at.caption[0].value
 

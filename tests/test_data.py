@@ -382,6 +382,28 @@ def test_demo_masks_are_exactly_the_changed_pixels(small_demo: Path) -> None:
             np.testing.assert_array_equal(np.asarray(Image.open(sample.path).convert("RGB")), clean)
 
 
+def test_demo_counts_per_class_and_the_five_extra_photos(tmp_path: Path, small_demo: Path) -> None:
+    """MVTec-AD-sized benchmarks give each class its own counts; the 15 photos include five beyond the
+    multi-class demo's ten. A class keeps its images whatever the other classes' counts are."""
+    from ad_core.data import DEMO_PHOTO_CATEGORIES, MULTICLASS_DEMO_CATEGORIES
+
+    assert DEMO_PHOTO_CATEGORIES[:10] == MULTICLASS_DEMO_CATEGORIES and len(set(DEMO_PHOTO_CATEGORIES)) == 15
+    extra = DEMO_PHOTO_CATEGORIES[10:]
+    n_train = {c: 2 + i for i, c in enumerate(("brick", *extra))}
+    root = make_demo_dataset(tmp_path / "sized", seed=3, categories=("brick", *extra), n_train=n_train,
+                             n_test_good={c: 1 for c in n_train}, n_test_defect={c: 4 + (c == "cell") for c in n_train},
+                             image_size=64)
+    for category, n in n_train.items():
+        counts = load_split("demo", root, category).counts()
+        assert (counts["train"], counts["test_good"], counts["test_anomalous"]) == (n, 1, 5 if category == "cell" else 4)
+    assert file_bytes(root)["brick/train/good/000.png"] == file_bytes(small_demo)["brick/train/good/000.png"]
+    description = json.loads((root / "dataset.json").read_text())
+    assert description["images_per_category"]["cell"]["test/scratch"] == 2
+    assert all(c in description["sources"] for c in extra)
+    with pytest.raises(ValueError, match="n_train gives no count for clock"):
+        make_demo_dataset(tmp_path / "bad", categories=("cell", "clock"), n_train={"cell": 3})
+
+
 def test_demo_is_deterministic_per_seed(tmp_path: Path, small_demo: Path) -> None:
     again = make_demo_dataset(tmp_path / "again", seed=3, **SMALL_DEMO)
     assert file_bytes(again) == file_bytes(small_demo)

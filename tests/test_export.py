@@ -209,6 +209,23 @@ def test_latex_with_efficiency_columns(board: lb.Leaderboard) -> None:
     assert all(row.endswith("& 20.0 & 2.0 \\\\") for row in _body_rows(latex))
 
 
+def test_efficiency_columns_name_the_nearest_neighbour_search(url: str) -> None:
+    exact = {"coreset_ratio": 0.1, "nn_index": "flat"}
+    approx = {"coreset_ratio": 0.1, "nn_index": "pca_refine", "nn_pca_dim": 64, "nn_refine_factor": 16}
+    put("patchcore", "bottle", 0, 0.99, config=exact)
+    put("patchcore", "bottle", 0, 0.98, config=approx)
+    put("padim", "bottle", 0, 0.95, config={"backbone": "resnet18"})  # no memory bank: no scorer
+    board = results.leaderboard("mvtec", "image_auroc")
+    scorers = {board.row_label(v): None if pd.isna(s) else s for v, s in board.rows["scorer"].items()}
+    assert sorted(scorers.values(), key=str) == [None, "PCA-64 + re-rank x16", "exact"]
+    assert len(set(board.rows["config_hash"])) == 3  # the search is part of the config: two patchcore rows
+    markdown = export.to_markdown(board, efficiency=True)
+    header = markdown.splitlines()[0]
+    assert header.split("|")[-2].strip() == "kNN"
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in markdown.splitlines()[2:] if line.startswith("|")}
+    assert sorted(rows.values()) == ["PCA-64 + re-rank x16", "exact", "–"]
+
+
 def test_latex_with_categories_as_rows_has_a_rule_above_the_mean(board: lb.Leaderboard) -> None:
     latex = export.to_latex(board, transpose=True)
     assert _environments_balanced(latex)

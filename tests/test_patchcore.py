@@ -68,6 +68,50 @@ def test_nearest_neighbour_scores_are_squared_l2():
     np.testing.assert_allclose(NearestNeighbourScorer(bank, 3)(queries), np.sort(brute, 1)[:, :3].mean(1), rtol=1e-4)
 
 
+def _clustered(n: int, rng: np.random.Generator, dim: int = 96, rank: int = 12) -> np.ndarray:
+    """Points near a 12-dimensional subspace of R^96, as patch embeddings are (a few dominant directions)."""
+    basis = rng.normal(size=(rank, dim))
+    return (rng.normal(size=(n, rank)) @ basis * 3 + rng.normal(size=(n, dim)) * 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("index", ["pca_refine", "ivf"])
+def test_approximate_search_returns_true_distances_never_below_exact(index: str) -> None:
+    rng = np.random.default_rng(0)
+    data = _clustered(6000, rng)
+    bank, queries = data[:5000], data[5000:]
+    brute = ((queries.astype(np.float64)[:, None] - bank[None]) ** 2).sum(-1)
+    scorer = NearestNeighbourScorer(bank, 1, index, nprobe=8, pca_dim=16, refine_factor=16)
+    assert "approximate" in scorer.description
+    approx = scorer(queries)
+    exact = brute.min(1)
+    # Each returned value is the distance to some bank vector, so it can only be too high.
+    assert (approx >= exact * (1 - 1e-4) - 1e-3).all()
+    assert np.abs(brute - approx[:, None]).min(1).max() < 1e-3 * exact.max()
+    assert np.mean(np.isclose(approx, exact, rtol=1e-4)) > 0.9
+
+
+def test_approximate_search_falls_back_to_exact_on_small_banks_and_says_so() -> None:
+    rng = np.random.default_rng(1)
+    bank, queries = _clustered(500, rng), _clustered(40, rng)
+    scorer = NearestNeighbourScorer(bank, 1, "pca_refine", pca_dim=16)
+    assert scorer.description == "exact (faiss IndexFlatL2) (pca_refine requested; bank of 500 is searched exactly)"
+    brute = ((queries[:, None] - bank[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(scorer(queries), brute.min(1), rtol=1e-4)
+
+
+def test_scorer_labels_and_config_checks() -> None:
+    from ad_core.components.scoring import scorer_label
+
+    assert scorer_label({"coreset_ratio": 0.1}) == "exact"  # stored before nn_index existed
+    assert scorer_label({"coreset_ratio": 0.1, "nn_index": "ivf", "ivf_nprobe": 4, "num_neighbors": 3}) == "IVF nprobe 4, k=3"
+    assert scorer_label(PatchCoreConfig(nn_index="pca_refine").to_dict()) == "PCA-64 + re-rank x16"
+    assert scorer_label({"epochs": 3}) is None and scorer_label(None) is None
+    with pytest.raises(ConfigError, match="nn_index must be one of flat, pca_refine, ivf"):
+        PatchCoreConfig(nn_index="hnsw").validate()
+    with pytest.raises(ConfigError, match="nn_refine_factor"):
+        PatchCoreConfig(nn_index="pca_refine", nn_refine_factor=0).validate()
+
+
 def test_scores_to_prediction_definition():
     patch = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(0))
     pred = scores_to_prediction(patch, (56, 56), sigma=4)

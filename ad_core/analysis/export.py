@@ -68,13 +68,14 @@ def latex_caption(board: Leaderboard) -> str:
     return latex_escape(text)
 
 
-EFFICIENCY_COLUMNS = {"images_per_s": ("img/s", "{:.1f}"), "fit_s": ("fit s", "{:.1f}")}
+EFFICIENCY_COLUMNS = {"images_per_s": ("img/s", "{:.1f}"), "fit_s": ("fit s", "{:.1f}"), "scorer": ("kNN", "{}")}
 
 
 def _matrix(board: Leaderboard, transpose: bool, efficiency: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Display strings and ranks, methods as rows (or categories as rows when transposed).
 
-    `efficiency` appends images/s and training seconds per category (methods-as-rows only; not ranked,
+    `efficiency` appends images/s, training seconds per category and the nearest-neighbour search of
+    memory-bank methods (methods-as-rows only; not ranked,
     since faster is not comparable across devices)."""
     cells = board.cells()
     rank = board.rank.copy()
@@ -82,6 +83,8 @@ def _matrix(board: Leaderboard, transpose: bool, efficiency: bool = False) -> tu
     if efficiency and not transpose:
         for key, (name, fmt) in EFFICIENCY_COLUMNS.items():
             values = board.rows[key] if key in board.rows else pd.Series(float("nan"), index=board.rows.index)
+            if key == "scorer" and values.isna().all():
+                continue  # no memory-bank method in the table
             cells[name] = [fmt.format(v) if pd.notna(v) else "–" for v in values.loc[board.mean.index]]
             rank[name] = 0
     if transpose:

@@ -361,6 +361,11 @@ def build_leaderboard(
         seed_list=("seed", lambda s: sorted(set(s))), jobs=("job_id", "nunique"),
         device=("device", lambda s: ", ".join(sorted(set(s)))),
     )
+    # The nearest-neighbour search of memory-bank methods (exact or a named approximation), part of the
+    # config hash and shown with the efficiency columns, since it trades speed for exactness.
+    scorers = frame.groupby("variant")["scorer"].agg(lambda s: ", ".join(sorted(set(s.dropna())))) \
+        if "scorer" in frame else pd.Series("", index=info.index)
+    info["scorer"] = [s or None for s in scorers.reindex(info.index).fillna("")]
     info["n_categories"] = mean[cats].notna().sum(axis=1)
     info["seeds"] = info["seed_list"].map(len)
     if timings is not None and len(timings):

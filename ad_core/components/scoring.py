@@ -4,45 +4,97 @@ IndexFlatL2, so a patch score is the mean of the k *squared* L2 distances that f
 the L2 norm; this only changes pixel maps after smoothing, not image rankings).
 
 Used by PatchCore (in backbone feature space) and ReConPatch (in its learned representation space).
+
+The search (`nn_index` in both configs; issue 16, goal 2; `benchmarks/bench_knn.py` measures them):
+
+- `flat`: exact search (official), the default for published numbers.
+- `pca_refine`: two stages, `faiss.index_factory(d, "PCA{p},Flat,RFlat")`: candidates are the
+  `refine_factor * k` nearest bank vectors in the bank's top-`pca_dim` principal components, re-ranked
+  with exact distances in the full space. A returned distance is always a true distance to some bank
+  vector, so an approximate score can only be too high, never too low.
+- `ivf`: faiss IVF-Flat, sqrt(N) lists of which `nprobe` are searched.
+
+The approximate ones fall back to exact search for banks under `APPROXIMATE_MIN_BANK` vectors (there is
+nothing to gain) and when `pca_dim` is not below the dimension; `describe()` says what actually ran, and
+`scorer_label` names the configured search for tables.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-import faiss
 import numpy as np
+
+NN_INDEXES = ("flat", "pca_refine", "ivf")
+# Below this many bank vectors an approximate index saves nothing over exact search (and IVF's k-means has
+# too few points per list).
+APPROXIMATE_MIN_BANK = 4096
 
 
 class NearestNeighbourScorer:
     """faiss k-NN over a memory bank; patch score = mean of the k squared L2 distances (official code).
 
-    `index="flat"` is exact search (official); `index="ivf"` is a faiss IVF-Flat index (approximate, sqrt(N)
-    lists, `nprobe` probed) for banks of at least 4096 vectors, exact search below that.
-    """
+    `index` is one of `NN_INDEXES` (see the module docstring); `nprobe` is IVF's, `pca_dim` and
+    `refine_factor` are `pca_refine`'s."""
 
-    def __init__(self, bank: np.ndarray, num_neighbors: int = 1, index: str = "flat", nprobe: int = 8):
+    def __init__(self, bank: np.ndarray, num_neighbors: int = 1, index: str = "flat", nprobe: int = 8,
+                 pca_dim: int = 64, refine_factor: int = 16):
+        import faiss  # here, not at module level: `scorer_label` is used on the fast CLI / db paths
+
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.num_neighbors = min(num_neighbors, len(bank))
         dim = bank.shape[1]
-        if index == "ivf" and len(bank) >= 4096:
+        approximate = len(bank) >= APPROXIMATE_MIN_BANK
+        if index == "ivf" and approximate:
             nlist = int(math.sqrt(len(bank)))
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             self.index.train(bank)
             self.index.nprobe = nprobe
+            self.description = f"faiss IVF-Flat ({nlist} lists, nprobe {nprobe}; approximate)"
+        elif index == "pca_refine" and approximate and pca_dim < dim:
+            self.index = faiss.index_factory(dim, f"PCA{pca_dim},Flat,RFlat")
+            self.index.train(bank)
+            faiss.downcast_index(self.index).k_factor = refine_factor
+            self.description = (f"PCA-{pca_dim} candidates, exact re-rank of {refine_factor}x{self.num_neighbors} "
+                                "(faiss PCA,Flat,RFlat; approximate)")
         else:
             self.index = faiss.IndexFlatL2(dim)
+            fallback = f" ({index} requested; bank of {len(bank)} is searched exactly)" if index != "flat" else ""
+            self.description = f"exact (faiss IndexFlatL2){fallback}"
         self.index.add(bank)
 
     def __call__(self, queries: np.ndarray) -> np.ndarray:
         distances, _ = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), self.num_neighbors)
         return distances.mean(axis=1)
 
+    @classmethod
+    def from_config(cls, bank: np.ndarray, config: Any) -> NearestNeighbourScorer:
+        """The scorer a patch-memory-bank config asks for (`nn_index` and its parameters)."""
+        return cls(bank, config.num_neighbors, config.nn_index, config.ivf_nprobe, config.nn_pca_dim,
+                   config.nn_refine_factor)
+
+
+def scorer_label(config: Mapping[str, Any] | None) -> str | None:
+    """Short name of the nearest-neighbour search a stored config asks for ("exact", "PCA-64 + re-rank x16",
+    "IVF nprobe 8"); None for methods without a memory bank. Configs from before `nn_index` existed were
+    exact."""
+    if not config or "coreset_ratio" not in config:
+        return None
+    index = config.get("nn_index", "flat")
+    k = config.get("num_neighbors", 1)
+    suffix = f", k={k}" if k != 1 else ""
+    if index == "pca_refine":
+        return f"PCA-{config.get('nn_pca_dim', 64)} + re-rank x{config.get('nn_refine_factor', 16)}{suffix}"
+    if index == "ivf":
+        return f"IVF nprobe {config.get('ivf_nprobe', 8)}{suffix}"
+    return f"exact{suffix}"
+
 
 def check_patch_memory_bank(config: Any) -> None:
     """ConfigError on bad values of the fields every patch-feature + memory-bank method shares
-    (coreset_ratio, patch_size, num_neighbors, nn_index, stages, embed_dim_policy), with the same messages for each
+    (coreset_ratio, patch_size, num_neighbors, nn_index and its parameters, stages, embed_dim_policy), with the same messages for each
     method."""
     from ad_core.components.features import EMBED_DIM_POLICIES
     from ad_core.errors import ConfigError
@@ -53,8 +105,11 @@ def check_patch_memory_bank(config: Any) -> None:
         raise ConfigError(f"patch_size must be a positive odd number, got {config.patch_size}")
     if config.num_neighbors < 1:
         raise ConfigError(f"num_neighbors must be >= 1, got {config.num_neighbors}")
-    if config.nn_index not in ("flat", "ivf"):
-        raise ConfigError(f"nn_index must be 'flat' or 'ivf', got {config.nn_index!r}")
+    if config.nn_index not in NN_INDEXES:
+        raise ConfigError(f"nn_index must be one of {', '.join(NN_INDEXES)}, got {config.nn_index!r}")
+    if config.ivf_nprobe < 1 or config.nn_pca_dim < 1 or config.nn_refine_factor < 1:
+        raise ConfigError("ivf_nprobe, nn_pca_dim and nn_refine_factor must be >= 1, got "
+                          f"{config.ivf_nprobe}, {config.nn_pca_dim}, {config.nn_refine_factor}")
     if not config.stages:
         raise ConfigError("stages must name at least one backbone stage")
     if config.embed_dim_policy not in EMBED_DIM_POLICIES:

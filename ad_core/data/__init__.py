@@ -13,6 +13,7 @@ from .base import CategorySplit, DatasetError, ImageDataset, Preprocess, Sample,
 from .btad import BTAD_PRODUCTS, list_btad_products, load_btad_split
 from .demo import (
     DEMO_CATEGORIES,
+    DEMO_PHOTO_CATEGORIES,
     MULTICLASS_DEMO_CATEGORIES,
     list_demo_categories,
     load_demo_split,
@@ -25,6 +26,7 @@ __all__ = [
     "BTAD_PRODUCTS",
     "DATASET_KINDS",
     "DEMO_CATEGORIES",
+    "DEMO_PHOTO_CATEGORIES",
     "MULTICLASS_DEMO_CATEGORIES",
     "MVTEC_CATEGORIES",
     "CategorySplit",

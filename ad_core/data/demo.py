@@ -3,7 +3,9 @@
 Normal images are random crops of scikit-image's bundled photos (no download needed): the default demo
 has three textures (brick, grass, gravel); the multi-class demo (`MULTICLASS_DEMO_CATEGORIES`, for
 long-tailed and unified runs) adds seven classes, each its own photo (moon surface, coins, camera,
-coffee, chelsea the cat, immunohistochemistry, Hubble deep field). Test images carry one of four synthetic defects, and every ground-truth mask is exactly
+coffee, chelsea the cat, immunohistochemistry, Hubble deep field); five more photos (`DEMO_PHOTO_CATEGORIES`:
+astronaut, rocket, retina, cell, clock) make 15 classes for a benchmark the size of MVTec AD
+(`benchmarks/bench_mvtec_sized.py`, with per-class image counts). Test images carry one of four synthetic defects, and every ground-truth mask is exactly
 the set of pixels the defect changed, so pixel metrics on this dataset are exact. Written in the MVTec AD
 layout and loaded with the generic folder loader (dataset kind "demo").
 """
@@ -14,7 +16,7 @@ import json
 import math
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,6 +31,8 @@ DEMO_CATEGORIES = ("brick", "grass", "gravel")
 # The multi-class demo: the default classes first, so every class keeps its random streams (and images).
 MULTICLASS_DEMO_CATEGORIES = (*DEMO_CATEGORIES, "moon", "coins", "camera", "coffee", "chelsea",
                               "immunohistochemistry", "hubble_deep_field")
+# Every photo the generator knows: the multi-class demo's ten, then five more (15 classes, as MVTec AD has).
+DEMO_PHOTO_CATEGORIES = (*MULTICLASS_DEMO_CATEGORIES, "astronaut", "rocket", "retina", "cell", "clock")
 DEMO_DEFECT_TYPES = ("scratch", "patch", "stain", "hole")
 # Bump whenever the images a given seed produces change, so that existing roots get regenerated.
 GENERATOR_VERSION = 1
@@ -40,7 +44,8 @@ MIN_DEFECT_AREA, MAX_DEFECT_AREA = 0.005, 0.05
 _MIN_CHANGE = 20
 # The textures are grayscale; a mild per-category tint makes colour matter a little (see the stain defect).
 _TINTS = {"brick": (1.0, 0.84, 0.72), "grass": (0.80, 1.0, 0.68), "gravel": (0.90, 0.94, 1.0),
-          "moon": (0.95, 0.95, 0.90), "coins": (1.0, 0.92, 0.78), "camera": (0.88, 0.92, 1.0)}
+          "moon": (0.95, 0.95, 0.90), "coins": (1.0, 0.92, 0.78), "camera": (0.88, 0.92, 1.0),
+          "cell": (0.86, 0.94, 0.96), "clock": (1.0, 0.96, 0.86)}
 # Colour photos are used as they are; a foreign-texture patch on them is tinted neutrally.
 _NEUTRAL_TINT = (1.0, 1.0, 1.0)
 _STAIN_COLOURS = ((0.80, 0.36, 0.08), (0.12, 0.26, 0.85), (0.55, 0.10, 0.55), (0.10, 0.60, 0.20))
@@ -63,6 +68,12 @@ TEXTURE_SOURCES = {
     "immunohistochemistry": "skimage.data.immunohistochemistry(): IHC staining of colonic glands, Center for "
     "Microscopy And Molecular Imaging (CMMI), no known copyright restrictions",
     "hubble_deep_field": "skimage.data.hubble_deep_field(): Hubble eXtreme Deep Field, NASA, public domain",
+    "astronaut": "skimage.data.astronaut(): Eileen Collins, NASA Great Images database, no known copyright "
+    "restrictions",
+    "rocket": "skimage.data.rocket(): DSCOVR launch on Falcon 9, SpaceX Photos, released into the public domain",
+    "retina": "skimage.data.retina(): fundus photograph of a normal left eye, Mikael Häggström (Wikimedia), CC0",
+    "cell": "skimage.data.cell(): quantitative phase image of a cell in saline (Müller et al. 2018), CC0",
+    "clock": "skimage.data.clock(): motion-blurred wall clock, public domain by the photographer (Stefan van der Walt)",
 }
 LICENSE_NOTE = (
     "The source photos are distributed with scikit-image (BSD-3-Clause) and are CC0, public domain or without "
@@ -231,12 +242,12 @@ def render_demo_sample(
     depend on which other categories or how many images were generated.
     """
     folders = ("train", "good", *DEMO_DEFECT_TYPES)
-    if category not in MULTICLASS_DEMO_CATEGORIES:
+    if category not in DEMO_PHOTO_CATEGORIES:
         raise DatasetError(
-            f"unknown demo category {category!r}; valid names: {', '.join(MULTICLASS_DEMO_CATEGORIES)}")
+            f"unknown demo category {category!r}; valid names: {', '.join(DEMO_PHOTO_CATEGORIES)}")
     if folder not in folders:
         raise ValueError(f"unknown demo folder {folder!r}; expected one of {', '.join(folders)}")
-    rng = np.random.default_rng([seed, MULTICLASS_DEMO_CATEGORIES.index(category), folders.index(folder), index])
+    rng = np.random.default_rng([seed, DEMO_PHOTO_CATEGORIES.index(category), folders.index(folder), index])
     clean = _to_uint8(_render_texture(category, _TINTS.get(category, _NEUTRAL_TINT), image_size, rng))
     if folder in ("train", "good"):
         return DemoSample(clean, clean, np.zeros(clean.shape[:2], dtype=bool))
@@ -276,16 +287,23 @@ def _readme(parameters: dict) -> str:
     )
 
 
+def _count(parameters: dict, key: str, category: str) -> int:
+    """An image count of the parameters: one number for every class, or a number per class."""
+    value = parameters[key]
+    return int(value[category]) if isinstance(value, dict) else int(value)
+
+
 def _write_dataset(out: Path, parameters: dict, progress: ProgressCallback | None) -> None:
     seed, size = parameters["seed"], parameters["image_size"]
-    defect_counts = _defect_counts(parameters["n_test_defect"])
-    per_category = parameters["n_train"] + parameters["n_test_good"] + parameters["n_test_defect"]
-    total = per_category * len(parameters["categories"])
-    digits = max(3, len(str(per_category)))
+    counts_of = {c: (_count(parameters, "n_train", c), _count(parameters, "n_test_good", c),
+                     _defect_counts(_count(parameters, "n_test_defect", c))) for c in parameters["categories"]}
+    total = sum(n_train + n_good + sum(d.values()) for n_train, n_good, d in counts_of.values())
+    digits = max(3, len(str(max(n_train + n_good + sum(d.values()) for n_train, n_good, d in counts_of.values()))))
     written = 0
     for category in parameters["categories"]:
-        jobs = [("train", i, Path("train/good")) for i in range(parameters["n_train"])]
-        jobs += [("good", i, Path("test/good")) for i in range(parameters["n_test_good"])]
+        n_train, n_good, defect_counts = counts_of[category]
+        jobs = [("train", i, Path("train/good")) for i in range(n_train)]
+        jobs += [("good", i, Path("test/good")) for i in range(n_good)]
         jobs += [(d, i, Path("test") / d) for d, n in defect_counts.items() for i in range(n)]
         for folder, index, subdir in jobs:
             sample = render_demo_sample(category, folder, index, seed=seed, image_size=size)
@@ -299,8 +317,9 @@ def _write_dataset(out: Path, parameters: dict, progress: ProgressCallback | Non
             written += 1
             if progress is not None:
                 progress(written / total, f"demo {category}: {subdir / image_path.name}")
-    counts = {"train": parameters["n_train"], "test/good": parameters["n_test_good"]}
-    counts |= {f"test/{d}": n for d, n in defect_counts.items()}
+    per_class = {c: {"train": n_train, "test/good": n_good} | {f"test/{d}": n for d, n in defects.items()}
+                 for c, (n_train, n_good, defects) in counts_of.items()}
+    counts = next(iter(per_class.values())) if len({json.dumps(v) for v in per_class.values()}) == 1 else per_class
     (out / "README.txt").write_text(_readme(parameters))
     description = {
         "name": "IAD Workbench demo dataset",
@@ -336,30 +355,43 @@ def make_demo_dataset(
     root: str | Path,
     categories: Sequence[str] = DEMO_CATEGORIES,
     seed: int = 0,
-    n_train: int = 40,
-    n_test_good: int = 10,
-    n_test_defect: int = 20,
+    n_train: int | Mapping[str, int] = 40,
+    n_test_good: int | Mapping[str, int] = 10,
+    n_test_defect: int | Mapping[str, int] = 20,
     image_size: int = 256,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Path:
     """Generate the demo dataset at `root` (MVTec layout) and return its absolute path.
 
-    `n_test_defect` defective test images per category are spread round-robin over the defect types.
+    `n_test_defect` defective test images per category are spread round-robin over the defect types. Each
+    count is one number for every class or a mapping class -> number (e.g. MVTec AD's own sizes).
     Idempotent: a root already generated with the same parameters is left alone; `overwrite=True`
     regenerates it. Files are written to a temporary folder next to `root` and renamed into place, so an
     interrupted run leaves no half-written dataset. `progress(fraction, message)` is called per image;
     for a console bar pass e.g. ``lambda f, m: bar.update(round(f * 100) - bar.n)`` with ``bar = tqdm(total=100)``.
     """
     categories = tuple(dict.fromkeys(categories))
-    unknown = [c for c in categories if c not in MULTICLASS_DEMO_CATEGORIES]
+    unknown = [c for c in categories if c not in DEMO_PHOTO_CATEGORIES]
     if unknown or not categories:
         raise DatasetError(
-            f"unknown demo categories {unknown}; valid names: {', '.join(MULTICLASS_DEMO_CATEGORIES)}")
-    if seed < 0 or n_train < 1 or n_test_good < 0 or n_test_defect < 0 or n_test_good + n_test_defect < 1:
-        raise ValueError(
-            "need seed >= 0, n_train >= 1, n_test_good >= 0, n_test_defect >= 0 and some test images"
-        )
+            f"unknown demo categories {unknown}; valid names: {', '.join(DEMO_PHOTO_CATEGORIES)}")
+    counts = {}
+    for name, value in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect)):
+        if isinstance(value, Mapping):
+            missing = [c for c in categories if c not in value]
+            if missing:
+                raise ValueError(f"{name} gives no count for {', '.join(missing)}")
+            counts[name] = {c: int(value[c]) for c in categories}
+        else:
+            counts[name] = int(value)
+    for c in categories:
+        n = {k: _count(counts, k, c) for k in counts}
+        if seed < 0 or n["n_train"] < 1 or n["n_test_good"] < 0 or n["n_test_defect"] < 0 \
+                or n["n_test_good"] + n["n_test_defect"] < 1:
+            raise ValueError(
+                f"{c}: need seed >= 0, n_train >= 1, n_test_good >= 0, n_test_defect >= 0 and some test images"
+            )
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 so that defects can be drawn, got {image_size}")
     parameters = {
@@ -368,9 +400,7 @@ def make_demo_dataset(
         "categories": list(categories),
         "defect_types": list(DEMO_DEFECT_TYPES),
         "seed": int(seed),
-        "n_train": int(n_train),
-        "n_test_good": int(n_test_good),
-        "n_test_defect": int(n_test_defect),
+        **counts,
         "image_size": int(image_size),
     }
     root = Path(root).expanduser().absolute()

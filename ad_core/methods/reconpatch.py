@@ -219,9 +219,11 @@ class ReConPatchConfig(MethodConfig):
     coreset_start_points: int = 10
     num_neighbors: int = 1
     sigma: float = 4.0
-    # "flat" = exact search; "ivf" = faiss IVF-Flat for very large banks (approximate).
+    # "flat" = exact search | "pca_refine" | "ivf" (approximate; ad_core/components/scoring.py).
     nn_index: str = "flat"
     ivf_nprobe: int = 8
+    nn_pca_dim: int = 64
+    nn_refine_factor: int = 16
     # --- representation learning ---
     repr_dim: int = 512
     ensemble_repr_dim: int = 384
@@ -351,8 +353,7 @@ class _Member:
 
     def set_bank(self, bank: np.ndarray) -> None:
         self.memory_bank = np.ascontiguousarray(bank, dtype=np.float32)
-        c = self.config
-        self.scorer = NearestNeighbourScorer(self.memory_bank, c.num_neighbors, c.nn_index, c.ivf_nprobe)
+        self.scorer = NearestNeighbourScorer.from_config(self.memory_bank, self.config)
 
     @torch.no_grad()
     def embed(self, features: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
@@ -582,7 +583,8 @@ class ReConPatch(AnomalyModel):
     def describe(self) -> dict[str, Any]:
         """The base description plus the training curve (per member and epoch: mean relaxed-contrastive loss
         and lr), so that a stored result shows whether representation learning moved at all."""
-        return {**super().describe(), "history": list(self.history)}
+        return {**super().describe(), "history": list(self.history),
+                "scorer": None if self.scorer is None else self.scorer.description}
 
     # --- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ rows = board.rows
 efficiency = pd.DataFrame({
     "method": [board.row_label(v) for v in rows.index],
     "images/s": rows.get("images_per_s"),
+    "kNN search": rows.get("scorer"),
     "fit s / category": rows.get("fit_s"),
     "peak RSS MB": rows.get("peak_rss_mb"),
     "device": rows["device"],
@@ -62,6 +63,8 @@ st.dataframe(efficiency, hide_index=True, column_config={
     "images/s": st.column_config.NumberColumn(format="%.1f", help="test images scored per second (mean over runs)"),
     "fit s / category": st.column_config.NumberColumn(format="%.1f", help="training time per category (mean)"),
     "peak RSS MB": st.column_config.NumberColumn(format="%.0f"),
+    "kNN search": st.column_config.TextColumn(
+        help="nearest-neighbour search of memory-bank methods: exact, or the named approximation (config nn_index)"),
 })
 
 # Chart: a dot plot (positions, not bar lengths, carry the values, so the axis need not start at 0): per

@@ -32,8 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
-DEFAULT_SCORERS = ("flat", "pca_refine", "pca_refine:nn_pca_dim=32,nn_refine_factor=16",
-                   "pca_refine:nn_pca_dim=128,nn_refine_factor=8", "ivf", "ivf:ivf_nprobe=16")
+DEFAULT_SCORERS = ("flat", "pca_refine", "pca_refine:nn_pca_dim=64,nn_refine_factor=16",
+                   "pca_refine:nn_pca_dim=32,nn_refine_factor=16", "ivf", "ivf:ivf_nprobe=16")
 
 
 def parse_scorer(text: str) -> tuple[str, dict[str, Any]]:

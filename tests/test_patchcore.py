@@ -104,7 +104,7 @@ def test_scorer_labels_and_config_checks() -> None:
 
     assert scorer_label({"coreset_ratio": 0.1}) == "exact"  # stored before nn_index existed
     assert scorer_label({"coreset_ratio": 0.1, "nn_index": "ivf", "ivf_nprobe": 4, "num_neighbors": 3}) == "IVF nprobe 4, k=3"
-    assert scorer_label(PatchCoreConfig(nn_index="pca_refine").to_dict()) == "PCA-64 + re-rank x16"
+    assert scorer_label(PatchCoreConfig(nn_index="pca_refine").to_dict()) == "PCA-128 + re-rank x8"
     assert scorer_label({"epochs": 3}) is None and scorer_label(None) is None
     with pytest.raises(ConfigError, match="nn_index must be one of flat, pca_refine, ivf"):
         PatchCoreConfig(nn_index="hnsw").validate()

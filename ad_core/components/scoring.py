@@ -40,7 +40,7 @@ class NearestNeighbourScorer:
     `refine_factor` are `pca_refine`'s."""
 
     def __init__(self, bank: np.ndarray, num_neighbors: int = 1, index: str = "flat", nprobe: int = 8,
-                 pca_dim: int = 64, refine_factor: int = 16):
+                 pca_dim: int = 128, refine_factor: int = 8):
         import faiss  # here, not at module level: `scorer_label` is used on the fast CLI / db paths
 
         bank = np.ascontiguousarray(bank, dtype=np.float32)
@@ -77,7 +77,7 @@ class NearestNeighbourScorer:
 
 
 def scorer_label(config: Mapping[str, Any] | None) -> str | None:
-    """Short name of the nearest-neighbour search a stored config asks for ("exact", "PCA-64 + re-rank x16",
+    """Short name of the nearest-neighbour search a stored config asks for ("exact", "PCA-128 + re-rank x8",
     "IVF nprobe 8"); None for methods without a memory bank. Configs from before `nn_index` existed were
     exact."""
     if not config or "coreset_ratio" not in config:
@@ -86,7 +86,7 @@ def scorer_label(config: Mapping[str, Any] | None) -> str | None:
     k = config.get("num_neighbors", 1)
     suffix = f", k={k}" if k != 1 else ""
     if index == "pca_refine":
-        return f"PCA-{config.get('nn_pca_dim', 64)} + re-rank x{config.get('nn_refine_factor', 16)}{suffix}"
+        return f"PCA-{config.get('nn_pca_dim', 128)} + re-rank x{config.get('nn_refine_factor', 8)}{suffix}"
     if index == "ivf":
         return f"IVF nprobe {config.get('ivf_nprobe', 8)}{suffix}"
     return f"exact{suffix}"

@@ -23,7 +23,7 @@ Follows the official implementation (amazon-science/patchcore-inspection):
   *squared* L2 distance that faiss' IndexFlatL2 returns (the paper writes the L2 norm; this only changes
   pixel maps after smoothing, not image rankings). Search (`nn_index`). Paper: exact; official code: exact
   (faiss IndexFlatL2, IVF only as an unused option). We do: exact by default, and offer `"pca_refine"`
-  (candidates in 64 principal components, exact re-ranking of 16) and `"ivf"` as named, recorded
+  (candidates in 128 principal components, exact re-ranking of 8) and `"ivf"` as named, recorded
   approximations. Why: exact search is most of CPU inference; on bottle `pca_refine` is several times faster
   with image AUROC unchanged (benchmarks/bench_knn.py, docs/speed.md), but published numbers stay exact;
 - image score = max patch score (the paper's re-weighting of the max is not in the official code either);
@@ -85,8 +85,8 @@ class PatchCoreConfig(MethodConfig):
     # "flat" = exact search (official) | "pca_refine" | "ivf" (approximate; ad_core/components/scoring.py).
     nn_index: str = "flat"
     ivf_nprobe: int = 8
-    nn_pca_dim: int = 64
-    nn_refine_factor: int = 16
+    nn_pca_dim: int = 128
+    nn_refine_factor: int = 8
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         # CPU demo: the offline EfficientNet-Lite0 ImageNet weights and a smaller bank.

@@ -222,8 +222,8 @@ class ReConPatchConfig(MethodConfig):
     # "flat" = exact search | "pca_refine" | "ivf" (approximate; ad_core/components/scoring.py).
     nn_index: str = "flat"
     ivf_nprobe: int = 8
-    nn_pca_dim: int = 64
-    nn_refine_factor: int = 16
+    nn_pca_dim: int = 128
+    nn_refine_factor: int = 8
     # --- representation learning ---
     repr_dim: int = 512
     ensemble_repr_dim: int = 384

@@ -48,10 +48,11 @@ MVTEC_AD_SIZES = {
 
 def make_dataset(root: Path, n_categories: int) -> tuple[Path, dict[str, str]]:
     """The 15 photo classes with MVTec AD's counts, in MVTec AD's class order; returns (root, photo -> MVTec
-    class whose counts it has)."""
+    class whose counts it has) for the first `n_categories` (all 15 are generated, so that a quick check
+    with fewer classes uses the same dataset)."""
     from ad_core.data import DEMO_PHOTO_CATEGORIES, make_demo_dataset
 
-    pairs = dict(list(zip(DEMO_PHOTO_CATEGORIES, MVTEC_AD_SIZES, strict=True))[:n_categories])
+    pairs = dict(zip(DEMO_PHOTO_CATEGORIES, MVTEC_AD_SIZES, strict=True))
     sizes = {photo: MVTEC_AD_SIZES[mvtec] for photo, mvtec in pairs.items()}
     start = time.perf_counter()
     last = [0.0]
@@ -66,7 +67,7 @@ def make_dataset(root: Path, n_categories: int) -> tuple[Path, dict[str, str]]:
                              n_test_good={c: s[1] for c, s in sizes.items()},
                              n_test_defect={c: s[2] for c, s in sizes.items()}, progress=progress)
     print(f"dataset: {made} ({time.perf_counter() - start:.0f} s to generate or find)", flush=True)
-    return made, pairs
+    return made, dict(list(pairs.items())[:n_categories])
 
 
 class StageClock:

@@ -42,13 +42,49 @@ def test_coreset_matches_reference():
     assert len(set(ours.tolist())) == 30  # greedy k-center never picks a point twice
 
 
-def test_pruned_coreset_matches_reference_on_clustered_features():
-    """The triangle-inequality pruning skips most points late in the loop; on clustered data (where it skips
-    the most) the selection is still exactly the unpruned algorithm's."""
+@pytest.mark.parametrize("block_size", [1, 7, 64, 5000])
+def test_lazy_coreset_matches_reference_on_clustered_features(block_size: int):
+    """Deferred per-block updates (blocks of one point, blocks that do not divide N, one block) select
+    exactly what the dense float64 loop selects, on clustered data where far blocks stay stale longest."""
     g = torch.Generator().manual_seed(3)
     centres = torch.randn(12, 64, generator=g) * 4
     features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
-    ours = approximate_greedy_coreset(features, 0.15, 32, 10, generator=torch.Generator().manual_seed(5))
+    ours = approximate_greedy_coreset(features, 0.15, 32, 10, generator=torch.Generator().manual_seed(5),
+                                      block_size=block_size)
+    np.testing.assert_array_equal(ours, reference_coreset(features, 0.15, 32, 10, seed=5))
+
+
+def test_lazy_coreset_breaks_exact_ties_by_lowest_index_like_the_dense_loop():
+    """Duplicate patches (flat backgrounds) tie exactly. Small integer coordinates and one start point keep
+    every distance the square root of an exact integer, so ties are exact in float32 too; the lazy loop takes
+    the lowest index among them, as np.argmax over all points does."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randint(-3, 4, (40, 8), generator=g).float()
+    features = torch.cat([base, base, base])[torch.randperm(120, generator=g)]  # each point three times
+    x = features.double().numpy()
+    start = int(torch.randperm(120, generator=torch.Generator().manual_seed(1))[0])  # the function's one draw
+    distance = np.sqrt(((x - x[start]) ** 2).sum(1))
+    dense = []
+    for _ in range(36):
+        dense.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.sqrt(((x - x[dense[-1]]) ** 2).sum(1)))
+    for block_size in (1, 5, 16, 200):
+        ours = approximate_greedy_coreset(features, 0.3, 8, 1, generator=torch.Generator().manual_seed(1),
+                                          block_size=block_size)
+        np.testing.assert_array_equal(ours, dense)
+
+
+def test_device_coreset_loop_matches_reference():
+    """The dense torch loop that runs on a GPU (here on CPU tensors) selects what the reference selects."""
+    from ad_core.components.coreset import greedy_on_device
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 64, generator=g) * 4
+    features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+    draw = torch.Generator().manual_seed(5)  # the same draws, in the same order, as approximate_greedy_coreset
+    reduced = features @ (torch.randn(64, 32, generator=draw) / np.sqrt(32))
+    starts = torch.randperm(len(features), generator=draw)[:10]
+    ours = greedy_on_device(reduced, starts, int(1500 * 0.15))
     np.testing.assert_array_equal(ours, reference_coreset(features, 0.15, 32, 10, seed=5))
 
 
@@ -66,6 +102,24 @@ def test_nearest_neighbour_scores_are_squared_l2():
     brute = ((queries[:, None] - bank[None]) ** 2).sum(-1)
     np.testing.assert_allclose(NearestNeighbourScorer(bank, 1)(queries), brute.min(1), rtol=1e-4)
     np.testing.assert_allclose(NearestNeighbourScorer(bank, 3)(queries), np.sort(brute, 1)[:, :3].mean(1), rtol=1e-4)
+
+
+def test_torch_exact_search_equals_faiss():
+    """The exact search a GPU model runs (torch; here on CPU tensors, in chunks smaller than the query count)
+    returns faiss IndexFlatL2's squared distances and neighbours."""
+    import faiss
+
+    from ad_core.components.scoring import TorchFlatL2
+
+    rng = np.random.default_rng(2)
+    bank, queries = rng.normal(size=(700, 48)).astype(np.float32), rng.normal(size=(130, 48)).astype(np.float32)
+    index = faiss.IndexFlatL2(48)
+    index.add(bank)
+    for k in (1, 3):
+        want_d, want_i = index.search(queries, k)
+        got_d, got_i = TorchFlatL2(torch.from_numpy(bank), chunk=50).search(torch.from_numpy(queries), k)
+        np.testing.assert_allclose(got_d.numpy(), want_d, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got_i.numpy(), want_i)
 
 
 def _clustered(n: int, rng: np.random.Generator, dim: int = 96, rank: int = 12) -> np.ndarray:

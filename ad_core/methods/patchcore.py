@@ -18,14 +18,16 @@ Follows the official implementation (amazon-science/patchcore-inspection):
   `"official"` reproduces the official sizes for any backbone; stored configs from before this field load
   with it (`PatchCoreConfig.from_dict`), so saved models keep their banks' size;
 - memory bank: approximate greedy coreset (k-center) on a 128-d random linear projection, with 10 random
-  starting points, keeping `coreset_ratio` (10%) of the training patches;
+  starting points, keeping `coreset_ratio` (10%) of the training patches (on a CPU with pruned updates, on a
+  GPU the official dense loop on the GPU: `ad_core.components.coreset`);
 - scoring: faiss nearest neighbour search (k=1). As in the official code the patch score is the mean
   *squared* L2 distance that faiss' IndexFlatL2 returns (the paper writes the L2 norm; this only changes
   pixel maps after smoothing, not image rankings). Search (`nn_index`). Paper: exact; official code: exact
   (faiss IndexFlatL2, IVF only as an unused option). We do: exact by default, and offer `"pca_refine"`
   (candidates in 128 principal components, exact re-ranking of 8) and `"ivf"` as named, recorded
   approximations. Why: exact search is most of CPU inference; on bottle `pca_refine` is several times faster
-  with image AUROC unchanged (benchmarks/bench_knn.py, docs/speed.md), but published numbers stay exact;
+  with image AUROC unchanged (benchmarks/bench_knn.py, docs/speed.md), but published numbers stay exact.
+  A GPU model's exact search runs in torch on its GPU (faiss' CPU search would idle the GPU);
 - image score = max patch score (the paper's re-weighting of the max is not in the official code either);
 - anomaly map = patch score grid, bilinear upsampling to the input size, Gaussian filter sigma=4
   (scipy.ndimage.gaussian_filter, truncate=4).
@@ -141,20 +143,21 @@ class PatchCore(AnomalyModel):
             self.config.coreset_start_points,
             generator=generator,
             progress=lambda f, m: progress(0.4 + 0.55 * f, m),
+            device=self.device,
         )
         self._set_bank(features[keep].numpy())
         progress(1.0, f"memory bank: {len(keep)} of {len(features)} patches")
 
     def _set_bank(self, bank: np.ndarray) -> None:
         self.memory_bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.scorer = NearestNeighbourScorer.from_config(self.memory_bank, self.config)
+        self.scorer = NearestNeighbourScorer.from_config(self.memory_bank, self.config, self.device)
 
     def predict(self, images: torch.Tensor) -> Prediction:
         if self.scorer is None:
             raise RuntimeError("PatchCore.predict called before fit/load")
         grid = self.features(images)  # [B,h,w,D]
         b, h, w, d = grid.shape
-        scores = self.scorer(grid.reshape(-1, d).cpu().numpy()).reshape(b, h, w)
+        scores = self.scorer(grid.reshape(-1, d)).reshape(b, h, w)  # a GPU model's exact search stays on the GPU
         return scores_to_prediction(torch.from_numpy(scores), tuple(images.shape[-2:]), self.config.sigma)
 
     def describe(self) -> dict[str, Any]:

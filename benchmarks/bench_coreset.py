@@ -1,7 +1,7 @@
 """Coreset selection: ours (now) vs ours before issue 16 vs the official PatchCore sampler (issue 16, goal 3:
 >= 3x faster at the same coverage radius).
 
-    python benchmarks/bench_coreset.py [--root /work/shared/data/mvtec_ad --category bottle] [--ratio 0.1]
+    python benchmarks/bench_coreset.py [--dataset mvtec --root /work/shared/data/mvtec_ad --category bottle] [--ratio 0.1]
         [--threads 2] [--repeats 1] [--sides official before ours] [--cache /tmp/bottle_features.npy]
 
 Features: PatchCore `fast` (EfficientNet-Lite0, bundled ImageNet weights, default embedding policy) of every
@@ -13,9 +13,12 @@ Sides, all on the same features with the same ratio, 128-d random projection and
   distance column per step concatenated to the running minimum;
 - `before`: `ad_core.components.coreset.approximate_greedy_coreset` as it was before issue 16 (numpy GEMV over
   every point per step), kept here verbatim;
-- `before_1t`: the same with BLAS pinned to one thread (as ours is);
-- `ours`: the current `approximate_greedy_coreset` (triangle-inequality pruning of the per-step update, one
-  BLAS thread).
+- `before_1t`: the same with BLAS pinned to one thread (how much a busy machine slows its GEMV);
+- `ours`: the current `approximate_greedy_coreset` (lazy greedy: the per-step update deferred per block of 256
+  points and applied as small matrix products to the block with the largest bound; two BLAS threads).
+
+`--dataset demo --root ~/.cache/iad-workbench/mvtec-sized-demo --category grass` measures a demo texture of
+`bench_mvtec_sized.py`'s dataset (where pruning by the triangle inequality, our loop before the lazy one, failed).
 
 Quality is the coverage radius in the full feature space: the distance of every training patch to its
 nearest selected patch (faiss exact search), max and 99th percentile; lower is better. The sides run
@@ -100,7 +103,7 @@ def before_sampler(features: torch.Tensor, ratio: float, seed: int) -> np.ndarra
 
 
 def before_one_thread_sampler(features: torch.Tensor, ratio: float, seed: int) -> np.ndarray:
-    """`before` with BLAS pinned to one thread, as ours is: how much of the gain is the pruning alone."""
+    """`before` with BLAS pinned to one thread (its per-step GEMV over all points is memory-bound)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -126,12 +129,12 @@ def coverage(features: np.ndarray, selected: np.ndarray) -> tuple[float, float]:
     return float(distance.max()), float(np.percentile(distance, 99))
 
 
-def extract(root: str, category: str, threads: int) -> np.ndarray:
+def extract(dataset: str, root: str, category: str) -> np.ndarray:
     from ad_core.components import collect_patch_features
     from ad_core.methods.patchcore import PatchCore
     from ad_core.runner import RunSpec, _loader
 
-    spec = RunSpec(method="patchcore", dataset="mvtec", root=root, categories=[category], preset="fast")
+    spec = RunSpec(method="patchcore", dataset=dataset, root=root, categories=[category], preset="fast")
     plan = spec.prepare()
     model = PatchCore(plan.config)
     loader = _loader(spec, plan.splits[category].train, model.preprocess(), plan.config.batch_size, train=True)
@@ -140,6 +143,7 @@ def extract(root: str, category: str, threads: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mvtec", help="mvtec | demo | folder (a dataset kind)")
     parser.add_argument("--root", default="/work/shared/data/mvtec_ad")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--ratio", type=float, default=0.1)
@@ -155,7 +159,7 @@ def main() -> None:
         features = np.load(args.cache)
     else:
         start = time.perf_counter()
-        features = extract(args.root, args.category, args.threads)
+        features = extract(args.dataset, args.root, args.category)
         print(f"features extracted in {time.perf_counter() - start:.1f} s", flush=True)
         if args.cache:
             np.save(args.cache, features)

@@ -583,8 +583,9 @@ class ReConPatch(AnomalyModel):
     def describe(self) -> dict[str, Any]:
         """The base description plus the training curve (per member and epoch: mean relaxed-contrastive loss
         and lr), so that a stored result shows whether representation learning moved at all."""
-        return {**super().describe(), "history": list(self.history),
-                "scorer": None if self.scorer is None else self.scorer.description}
+        # The members share the config, hence the search; what ran is the first fitted member's.
+        scorer = next((m.scorer.description for m in self.members if m.scorer is not None), None)
+        return {**super().describe(), "history": list(self.history), "scorer": scorer}
 
     # --- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

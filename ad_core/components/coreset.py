@@ -81,7 +81,7 @@ def _lazy_greedy(points: np.ndarray, sq_norms: np.ndarray, min_distance: np.ndar
     matrix product with all its pending centres, a GEMM that reuses the block from cache); once the block
     with the largest bound is up to date, its largest v is the global maximum (every other block's v is at
     most its bound). About 3 blocks are refreshed per step, each with a few hundred pending centres, so each
-    (point, centre) distance is still computed once, but at GEMM instead of GEMV speed. Ties go to the lowest
+    (point, centre) distance is still computed once, but at GEMM instead of GEMV speed. Exact ties go to the lowest
     index, as `np.argmax` over all points; the selection is the dense loop's up to float32 near-ties, which
     the order of the products decides (bottle, 10 %: the same set of 16,385 patches, a few hundred adjacent
     pairs taken in the other order; benchmarks/bench_coreset.py).

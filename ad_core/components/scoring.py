@@ -86,7 +86,7 @@ class NearestNeighbourScorer:
         self.torch_index: TorchFlatL2 | None = None
         dim = bank.shape[1]
         approximate = len(bank) >= APPROXIMATE_MIN_BANK
-        on_cpu = "" if torch.device(device).type == "cpu" else f" (faiss on the CPU, the model on {device})"
+        cpu_note = "" if torch.device(device).type == "cpu" else f" (faiss on the CPU, the model on {device})"
         if index == "flat" and torch.device(device).type != "cpu":
             self.torch_index = TorchFlatL2(torch.from_numpy(bank).to(device))
             self.description = f"exact (torch on {device})"
@@ -96,17 +96,17 @@ class NearestNeighbourScorer:
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             self.index.train(bank)
             self.index.nprobe = nprobe
-            self.description = f"faiss IVF-Flat ({nlist} lists, nprobe {nprobe}; approximate){on_cpu}"
+            self.description = f"faiss IVF-Flat ({nlist} lists, nprobe {nprobe}; approximate){cpu_note}"
         elif index == "pca_refine" and approximate and pca_dim < dim:
             self.index = faiss.index_factory(dim, f"PCA{pca_dim},Flat,RFlat")
             self.index.train(bank)
             faiss.downcast_index(self.index).k_factor = refine_factor
             self.description = (f"PCA-{pca_dim} candidates, exact re-rank of {refine_factor}x{self.num_neighbors} "
-                                f"(faiss PCA,Flat,RFlat; approximate){on_cpu}")
+                                f"(faiss PCA,Flat,RFlat; approximate){cpu_note}")
         else:
             self.index = faiss.IndexFlatL2(dim)
             fallback = f" ({index} requested; bank of {len(bank)} is searched exactly)" if index != "flat" else ""
-            self.description = f"exact (faiss IndexFlatL2){fallback}{on_cpu}"
+            self.description = f"exact (faiss IndexFlatL2){fallback}{cpu_note}"
         self.index.add(bank)
 
     def __call__(self, queries: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -21,7 +21,8 @@ nothing to gain) and when `pca_dim` is not below the dimension; `describe()` say
 Where the search runs: on a CPU model, faiss. On a GPU model, exact search runs on the GPU (`TorchFlatL2`:
 the same squared-L2 expansion as faiss' IndexFlatL2, ||q||^2 + ||b||^2 - 2 q.b, in float32 matmuls with TF32
 off), so the patch features never leave the GPU and the kNN does not idle it: for a WideResNet-50 bank of
-16k x 1024 a 16-core CPU search is ~25 ms per image, tens of times the GPU's backbone time. The approximate
+16k x 1024 a search is ~26 GFLOP per image, by estimate ~25 ms on a 16-core CPU, tens of times the GPU's backbone
+time (not measured: no GPU was lent when this was written). The approximate
 indexes stay on faiss' CPU search (faiss-gpu is not a dependency), as their description says.
 """
 

@@ -42,13 +42,18 @@ def test_coreset_matches_reference():
     assert len(set(ours.tolist())) == 30  # greedy k-center never picks a point twice
 
 
+def _clustered_patches() -> torch.Tensor:
+    """1,500 points in 12 clusters of R^64: far clusters keep stale bounds longest in the lazy loop."""
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 64, generator=g) * 4
+    return centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+
+
 @pytest.mark.parametrize("block_size", [1, 7, 64, 5000])
 def test_lazy_coreset_matches_reference_on_clustered_features(block_size: int):
     """Deferred per-block updates (blocks of one point, blocks that do not divide N, one block) select
     exactly what the dense float64 loop selects, on clustered data where far blocks stay stale longest."""
-    g = torch.Generator().manual_seed(3)
-    centres = torch.randn(12, 64, generator=g) * 4
-    features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+    features = _clustered_patches()
     ours = approximate_greedy_coreset(features, 0.15, 32, 10, generator=torch.Generator().manual_seed(5),
                                       block_size=block_size)
     np.testing.assert_array_equal(ours, reference_coreset(features, 0.15, 32, 10, seed=5))
@@ -78,9 +83,7 @@ def test_device_coreset_loop_matches_reference():
     """The dense torch loop that runs on a GPU (here on CPU tensors) selects what the reference selects."""
     from ad_core.components.coreset import greedy_on_device
 
-    g = torch.Generator().manual_seed(3)
-    centres = torch.randn(12, 64, generator=g) * 4
-    features = centres[torch.randint(0, 12, (1500,), generator=g)] + torch.randn(1500, 64, generator=g)
+    features = _clustered_patches()
     draw = torch.Generator().manual_seed(5)  # the same draws, in the same order, as approximate_greedy_coreset
     reduced = features @ (torch.randn(64, 32, generator=draw) / np.sqrt(32))
     starts = torch.randperm(len(features), generator=draw)[:10]

@@ -87,8 +87,9 @@ class NearestNeighbourScorer:
         self.torch_index: TorchFlatL2 | None = None
         dim = bank.shape[1]
         approximate = len(bank) >= APPROXIMATE_MIN_BANK
-        cpu_note = "" if torch.device(device).type == "cpu" else f" (faiss on the CPU, the model on {device})"
-        if index == "flat" and torch.device(device).type != "cpu":
+        on_gpu = torch.device(device).type != "cpu"
+        cpu_note = f" (faiss on the CPU, the model on {device})" if on_gpu else ""
+        if index == "flat" and on_gpu:
             self.torch_index = TorchFlatL2(torch.from_numpy(bank).to(device))
             self.description = f"exact (torch on {device})"
             return

@@ -18,8 +18,9 @@ Follows the official implementation (amazon-science/patchcore-inspection):
   `"official"` reproduces the official sizes for any backbone; stored configs from before this field load
   with it (`PatchCoreConfig.from_dict`), so saved models keep their banks' size;
 - memory bank: approximate greedy coreset (k-center) on a 128-d random linear projection, with 10 random
-  starting points, keeping `coreset_ratio` (10%) of the training patches (on a CPU with pruned updates, on a
-  GPU the official dense loop on the GPU: `ad_core.components.coreset`);
+  starting points, keeping `coreset_ratio` (10%) of the training patches (on a CPU with the updates deferred
+  per block and applied as small matrix products, on a GPU the official dense loop on the GPU; the same
+  selection up to float32 near-ties: `ad_core.components.coreset`);
 - scoring: faiss nearest neighbour search (k=1). As in the official code the patch score is the mean
   *squared* L2 distance that faiss' IndexFlatL2 returns (the paper writes the L2 norm; this only changes
   pixel maps after smoothing, not image rankings). Search (`nn_index`). Paper: exact; official code: exact

@@ -195,6 +195,13 @@ try:
 except ann.AnnotationError as exc:
     st.error(str(exc))
     st.stop()
+# The save / revert confirmation stays until the next stroke or another image. A one-shot flash was lost now and
+# then: the fresh canvas reports its first value when it mounts, and the rerun that causes cleared the message.
+# It shows beside the canvas, never above it: a canvas that moves when the message goes moves under the pointer.
+confirmation = ss.get("ann_confirmation")
+if confirmation is not None and (confirmation["image"] != key_base or confirmation["nonce"] != nonce or drawn):
+    del ss["ann_confirmation"]
+    confirmation = None
 latest = history[-1] if history else None
 if latest is not None and latest.id != base_id:
     st.warning(f"{latest.author} saved version {latest.version} of this image while you were editing "
@@ -220,11 +227,13 @@ with side:
             if saved.overtaken:
                 others = ", ".join(f"version {v} by {a}" for v, a in saved.overtaken)
                 message += f" Meanwhile {others} was saved; it stays in the history."
-            ss["flash"] = message
+            ss["ann_confirmation"] = {"image": key_base, "nonce": nonce + 1, "text": message}
             bases[key_base] = saved.id
             ss["ann_nonce"] = nonce + 1
             an.images.clear()
             st.rerun()
+    if confirmation is not None:
+        st.success(confirmation["text"])
 
 st.subheader("History")
 if not history:
@@ -248,8 +257,9 @@ else:
         except ann.AnnotationError as exc:
             st.error(str(exc))
         else:
-            ss["flash"] = f"Reverted: version {saved.version} of {rel} is a copy of " + (
+            text = f"Reverted: version {saved.version} of {rel} is a copy of " + (
                 "the dataset's ground truth." if target == 0 else f"version {target}.")
+            ss["ann_confirmation"] = {"image": key_base, "nonce": nonce + 1, "text": text}
             bases[key_base] = saved.id
             ss["ann_nonce"] = nonce + 1
             st.rerun()

@@ -178,7 +178,7 @@ def test_newcomer_runs_the_demo_and_reads_the_results(app_url, tmp_path: Path, m
 
 
 def test_long_tailed_runs_fill_the_imbalance_page(app_url, tmp_path: Path, monkeypatch) -> None:
-    """Issue 10's acceptance path: a 3-seed exp100 run of PatchCore (per class) and unified PatchCore on the
+    """Issue 10's acceptance path: a 2-seed exp100 run of PatchCore (per class) and unified PatchCore on the
     multi-class demo goes through `iad submit` and the worker of `iad up`; the Imbalance page then shows
     the scatter and the group table with numbers."""
     from playwright.sync_api import expect, sync_playwright
@@ -194,13 +194,13 @@ def test_long_tailed_runs_fill_the_imbalance_page(app_url, tmp_path: Path, monke
                              n_test_good=2, n_test_defect=4, image_size=64)
     submit = subprocess.run(
         [sys.executable, "-m", "workers.cli", "submit", "--method", "patchcore", "patchcore_unified", "--dataset",
-         "demo", "--root", str(root), "--split", "long_tail:exp100", "--seeds", "0", "1", "2", "--preset", "fast",
+         "demo", "--root", str(root), "--split", "long_tail:exp100", "--seeds", "0", "1", "--preset", "fast",
          "--set", "resize=64", "--set", "crop=64", "--group", "long-tail"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert submit.returncode == 0, submit.stderr
     ids = [int(i) for i in submit.stdout.strip().splitlines()[-1].split()]
-    assert len(ids) == 10 * 3 + 3  # per class x seed, plus one unified job per seed
+    assert len(ids) == 10 * 2 + 2  # per class x seed, plus one unified job per seed
 
     def finished() -> bool:
         counts = queries.job_counts(group_id="long-tail")
@@ -228,7 +228,7 @@ def test_long_tailed_runs_fill_the_imbalance_page(app_url, tmp_path: Path, monke
         assert points >= 10, points  # one marker per class (and count) per method
         table = page.locator("[data-testid='stTable'] table").first
         # Streamlit streams the page's elements: wait for the group table's cells, not only for the chart above it.
-        # 3 seeds give mean ± std in every filled cell.
+        # 2 seeds give mean ± std in every filled cell (3 only took longer: 33 jobs instead of 22).
         expect(table.locator("td").filter(has_text=re.compile(r"^\s*\d\.\d{3} ± \d\.\d{3}\s*$")).first).to_be_visible()
         assert table.locator("th").filter(has_text="patchcore_unified").count() >= 1
         page.wait_for_timeout(600)
